@@ -1,0 +1,115 @@
+"""The ``mhpo-vl`` command: parses arguments and calls into the package, nothing else.
+
+User mistakes (:class:`~mhpo_vl.errors.UserError`, unknown names, missing files)
+print one line and exit with code 2. Set ``MHPO_VL_DEBUG=1`` for full tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mhpo_vl.errors import UserError
+
+EPILOG = """\
+examples:
+  mhpo-vl train recipes/tiny/mhpo.yaml                      # the embedded default, CPU
+  mhpo-vl train recipes/tiny/mhpo.yaml trainer.max_steps=4 trainer.output_dir=runs/try
+  mhpo-vl validate recipes/tiny/*.yaml                       # check recipes without running
+  mhpo-vl plot runs/tiny_mhpo                                # PNG curves from metrics.jsonl
+  mhpo-vl eval score mathvista output.json --out-dir scored  # MathVista-compatible scoring
+"""
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mhpo_vl.config import load_recipe
+    from mhpo_vl.trainer import train
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    train(cfg)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from mhpo_vl.config import validate_recipe
+
+    for path in args.recipes:
+        validate_recipe(path, args.overrides)
+        print(f"ok  {path}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mhpo_vl.plotting import plot_run
+
+    for path in plot_run(args.run_dir, args.out_dir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mhpo-vl",
+        description="Train vision-language reasoners with MHPO and GRPO-family RL; "
+        "evaluate them on MathVista-style and text math benchmarks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train from a recipe YAML (resumes if OUTPUT_DIR holds a checkpoint)",
+        description="Train from a recipe. Extra KEY=VALUE arguments override recipe keys "
+        "(dotted paths, YAML values), e.g. trainer.max_steps=10 algorithm.loss.name=grpo. "
+        "If trainer.output_dir already holds a checkpoint-<step>/, training resumes from "
+        "the latest one.",
+    )
+    p.add_argument("recipe", help="path to a recipe YAML, e.g. recipes/tiny/mhpo.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "validate",
+        help="check recipes (keys, types, names, files) without running them",
+        description="Load and validate each recipe; print 'ok  PATH' or one line naming "
+        "the problem (exit code 2). Overrides apply to every recipe.",
+    )
+    p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a recipe key (repeatable)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "plot",
+        help="write PNG curves (reward, accuracy, grad norm, ratio range, entropy, length)",
+        description="Read RUN_DIR/metrics.jsonl and write PNG curves to RUN_DIR/plots/.",
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--out-dir", default=None, help="where to write PNGs (RUN_DIR/plots)")
+    p.set_defaults(func=_cmd_plot)
+
+    from mhpo_vl.eval.cli import register as register_eval
+
+    register_eval(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError) as exc:
+        if os.environ.get("MHPO_VL_DEBUG"):
+            raise
+        print(f"mhpo-vl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mhpo-vl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake in what the user gave us (a recipe key, a file,
+a name). The CLI prints its message on one line and exits with code 2; nothing
+else is caught there, so internal bugs keep their tracebacks.
+"""
+
+
+class UserError(ValueError):
+    """A mistake in user input; the message names the bad key, file, row or name."""
