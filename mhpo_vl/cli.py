@@ -77,8 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the problem (exit code 2). Overrides apply to every recipe.",
     )
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a recipe key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key (repeatable)",
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(

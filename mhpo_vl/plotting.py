@@ -1,0 +1,73 @@
+"""``mhpo-vl plot RUN_DIR``: PNG curves from ``metrics.jsonl``.
+
+One PNG per panel, written to ``RUN_DIR/plots/``: reward (mean and each part),
+held-out accuracy, pre-clip gradient norm, importance-ratio range (min/mean/max),
+token entropy, response length. Panels whose metrics a run did not log are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mhpo_vl.tracking import read_metrics
+
+# panel name -> (title, metric prefixes or names, y label)
+PANELS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "reward": ("Training reward", ("reward/",), "reward"),
+    "accuracy": ("Held-out accuracy", ("eval/accuracy",), "accuracy"),
+    "grad_norm": ("Gradient norm (before clipping)", ("grad_norm",), "norm"),
+    "ratio": ("Importance ratio r", ("ratio_min", "ratio_mean", "ratio_max"), "r"),
+    "entropy": ("Token entropy", ("entropy",), "nats"),
+    "length": ("Response length", ("response_length/",), "tokens"),
+}
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for rec in records:
+        value = rec.get(key)
+        if isinstance(value, int | float):
+            xs.append(rec["step"])
+            ys.append(float(value))
+    return xs, ys
+
+
+def _keys_for(records: list[dict], patterns: tuple[str, ...]) -> list[str]:
+    seen: dict[str, None] = {}
+    for rec in records:
+        for key in rec:
+            if any(key == p or (p.endswith("/") and key.startswith(p)) for p in patterns):
+                seen.setdefault(key, None)
+    return [k for k in seen if not k.startswith("reward/std")]
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the PNGs and return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (title, patterns, ylabel) in PANELS.items():
+        keys = _keys_for(records, patterns)
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for key in keys:
+            xs, ys = _series(records, key)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        if name == "ratio":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
