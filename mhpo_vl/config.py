@@ -314,15 +314,12 @@ def _named(key: str, name: str, registry: Any) -> None:
 
 
 def _check_loss_params(name: str, params: dict[str, Any]) -> None:
-    from mhpo_vl.algorithms import loss_parameters
+    from mhpo_vl.algorithms import POLICY_LOSSES
 
-    valid = loss_parameters(name)
-    for key in params:
-        if key not in valid:
-            raise UserError(
-                f"algorithm.loss.{key}: unknown parameter for loss {name!r}; "
-                f"valid: {', '.join(sorted(valid)) or '(none)'}"
-            )
+    try:
+        POLICY_LOSSES.get(name).resolve(params)
+    except UserError as exc:
+        raise UserError(f"algorithm.loss: {exc}") from None
 
 
 def _check_ranges(recipe: Recipe) -> None:

@@ -370,7 +370,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     t1 = time.perf_counter()
     rewards_PG = scored["rewards"].view(-1, G)
     adv = algorithms.compute_advantages(cfg.algorithm.advantage, rewards_PG)
-    metrics = update(run, batch, adv.advantages.reshape(-1))
+    metrics = update(run, batch, adv.advantages_PG.reshape(-1))
     run.scheduler.step()
     t2 = time.perf_counter()
     lengths = batch.response_lengths.float()
@@ -380,7 +380,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             "lr": run.optimizer.param_groups[0]["lr"],
             "reward/mean": float(scored["rewards"].mean()),
             "reward/std": float(scored["rewards"].std()) if len(lengths) > 1 else 0.0,
-            "zero_std_frac": adv.num_zero_std / rewards_PG.shape[0],
+            "zero_std_frac": adv.zero_var_frac,
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "time/rollout": t1 - t0,
