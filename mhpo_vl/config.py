@@ -194,6 +194,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return value
@@ -201,12 +206,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            raise UserError(f"unknown key {key!r}; valid keys here: {', '.join(names)}")
+        if k not in fields:
+            raise UserError(f"unknown key {key!r}; valid keys here: {', '.join(fields)}")
+        default = fields[k].default_factory
+        if (
+            typing.get_origin(hints[k]) is dict
+            and isinstance(v, dict)
+            and default is not dataclasses.MISSING
+        ):
+            v = {**default(), **v}  # a free-form mapping (algorithm.loss) merges over its default
         kwargs[k] = _coerce(v, hints[k], key)
     return cls(**kwargs)
 

@@ -1,0 +1,386 @@
+"""Benchmarks by name: where the data lives, how a record becomes a problem row, how to
+prompt and how to score.
+
+Every entry maps its source columns onto the problem-row schema of
+:mod:`mhpo_vl.data.templates` (``id, question, answer, choices, image, answer_type,
+precision, question_type`` plus ``metadata``); scoring then goes through the same
+verifiers as the training rewards. Hub ids and columns follow EVALUATION.md and the
+dataset cards; the entries marked ``verify`` in their notes have not been checked
+against a download here (no network), and a local copy of the same schema can always be
+passed instead of the hub id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mhpo_vl.data.templates import TEMPLATES
+from mhpo_vl.eval.mathvista import build_query
+from mhpo_vl.registry import Registry
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark. ``to_row(record, split)`` converts a source record; ``splits``
+    lists what is read (several for DynaMath's variants); ``scorer`` names a reward in
+    :data:`mhpo_vl.rewards.REWARDS`; ``group_by`` names the row field that identifies the
+    same question across splits (for worst-case accuracy)."""
+
+    name: str
+    hub_id: str
+    splits: tuple[str, ...]
+    to_row: Callable[[Mapping[str, Any], str], Row]
+    template: str = "boxed"
+    scorer: str = "accuracy"
+    config: str | None = None
+    image_column: str | None = None
+    group_by: str | None = None
+    breakdown_keys: tuple[str, ...] = ()
+    columns: Mapping[str, str] = field(default_factory=dict)
+    notes: str = ""
+    loader: Callable[[Benchmark, int | None], list[Row]] | None = None
+
+
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+
+
+def _add(bench: Benchmark) -> Benchmark:
+    return BENCHMARKS.register(bench.name, bench)
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def letter_to_choice(answer: str, choices: list[str] | None) -> str:
+    """A gold given as a letter within range becomes that choice's text."""
+    a = answer.strip().strip("()").strip()
+    if choices and len(a) == 1 and a.upper() in LETTERS[: len(choices)]:
+        return choices[LETTERS.index(a.upper())]
+    return answer
+
+
+_INLINE_CHOICE = re.compile(r"(?:^|\n)\s*\(?([A-H])\s*[).:：]\s*(.+?)\s*(?=\n|$)")
+
+
+_PAREN_CHOICE = re.compile(r"\(([A-H])\)\s*(.*?)\s*(?=\([A-H]\)|$)", re.DOTALL)
+
+
+def choices_from_text(question: str) -> list[str] | None:
+    """Choices written into the question after ``Choices:`` as ``A: x`` / ``(A) x``
+    lines (MathVerse, DynaMath); None unless they run A, B, C... in order."""
+    _, sep, tail = question.partition("Choices:")
+    if not sep:
+        _, sep, tail = question.partition("Options:")
+    found = _INLINE_CHOICE.findall(tail) if sep else []
+    if sep and len(found) < 2:  # all on one line: "(A) x (B) y"
+        found = _PAREN_CHOICE.findall(tail)
+    if len(found) < 2 or [f[0] for f in found] != list(LETTERS[: len(found)]):
+        return None
+    return [text for _, text in found]
+
+
+_OPTION = re.compile(r"([A-H])\s*[.:：]\s*(.*?)\s*(?=;\s*[A-H]\s*[.:：]|$)", re.DOTALL)
+
+
+def choices_from_options(options: str) -> list[str] | None:
+    """WeMath's ``"A. x; B. y; ..."`` option string as a list."""
+    found = _OPTION.findall(options or "")
+    if len(found) < 2 or [f[0] for f in found] != list(LETTERS[: len(found)]):
+        return None
+    return [text for _, text in found]
+
+
+def _choice_row(rid: Any, question: str, answer: str, choices: list[str] | None) -> Row:
+    return {
+        "id": _str(rid),
+        "question": question,
+        "answer": letter_to_choice(answer, choices),
+        "choices": choices,
+        "answer_type": "text" if choices else None,
+        "question_type": "multi_choice" if choices else "free_form",
+        "precision": None,
+    }
+
+
+# ---- vision benchmarks -------------------------------------------------------------
+
+
+def mathvista_row(rec: Mapping[str, Any], split: str) -> Row:
+    """MathVista as is: it defines the schema (answer = choice text)."""
+    keys = (
+        "question",
+        "choices",
+        "unit",
+        "precision",
+        "answer",
+        "question_type",
+        "answer_type",
+        "metadata",
+        "query",
+    )
+    row = {k: rec.get(k) for k in keys}
+    row["id"] = _str(rec.get("pid"))
+    row["pid"] = row["id"]
+    row["choices"] = list(rec["choices"]) if rec.get("choices") else None
+    row["answer"] = _str(rec.get("answer"))
+    return row
+
+
+@TEMPLATES.register("mathvista_query")
+def mathvista_query(row: Mapping[str, Any]) -> str:
+    """MathVista's official zero-shot query (hint, question, unit, choices)."""
+    return build_query(row)
+
+
+_add(
+    Benchmark(
+        name="mathvista_testmini",
+        hub_id="AI4Math/MathVista",
+        splits=("testmini",),
+        to_row=mathvista_row,
+        template="mathvista_query",
+        image_column="decoded_image",
+        breakdown_keys=(
+            "question_type",
+            "answer_type",
+            "language",
+            "source",
+            "category",
+            "task",
+            "context",
+            "grade",
+            "skills",
+        ),
+        columns={"id": "pid", "image": "decoded_image"},
+        notes="1000 items; scored with the official normalization (mhpo_vl.eval.mathvista)",
+    )
+)
+
+
+def mathverse_row(rec: Mapping[str, Any], split: str) -> Row:
+    question = _str(rec.get("question"))
+    is_mc = "choice" in _str(rec.get("question_type")).lower()
+    choices = choices_from_text(question) if is_mc else None
+    row = _choice_row(rec.get("sample_index"), question, _str(rec.get("answer")), choices)
+    row["metadata"] = {
+        "problem_version": rec.get("problem_version"),
+        **dict(rec.get("metadata") or {}),
+    }
+    return row
+
+
+_add(
+    Benchmark(
+        name="mathverse_testmini",
+        hub_id="AI4Math/MathVerse",
+        config="testmini",
+        splits=("testmini",),
+        to_row=mathverse_row,
+        image_column="image",
+        breakdown_keys=("problem_version", "subject"),
+        columns={
+            "id": "sample_index",
+            "question": "question",
+            "answer": "answer",
+            "question_type": "question_type",
+            "image": "image",
+        },
+        notes="3940 items (5 problem versions); multi-choice options parsed from the question",
+    )
+)
+
+
+def mathvision_row(rec: Mapping[str, Any], split: str) -> Row:
+    options = [str(o) for o in rec.get("options") or []] or None
+    row = _choice_row(rec.get("id"), _str(rec.get("question")), _str(rec.get("answer")), options)
+    row["metadata"] = {"subject": rec.get("subject"), "level": rec.get("level")}
+    return row
+
+
+for _split in ("test", "testmini"):
+    _add(
+        Benchmark(
+            name=f"mathvision_{_split}",
+            hub_id="MathLLMs/MathVision",
+            splits=(_split,),
+            to_row=mathvision_row,
+            image_column="decoded_image",
+            breakdown_keys=("subject", "level"),
+            columns={
+                "id": "id",
+                "question": "question",
+                "choices": "options",
+                "answer": "answer",
+                "image": "decoded_image",
+            },
+            notes="test 3040 / testmini 304; letter answers mapped to option text",
+        )
+    )
+
+
+def wemath_row(rec: Mapping[str, Any], split: str) -> Row:
+    choices = choices_from_options(_str(rec.get("option")))
+    row = _choice_row(rec.get("ID"), _str(rec.get("question")), _str(rec.get("answer")), choices)
+    row["metadata"] = {"knowledge concept": rec.get("knowledge concept"), "key": rec.get("key")}
+    return row
+
+
+_add(
+    Benchmark(
+        name="wemath",
+        hub_id="We-Math/We-Math",
+        splits=("testmini",),
+        to_row=wemath_row,
+        image_column="image_path",
+        breakdown_keys=("knowledge concept",),
+        columns={
+            "id": "ID",
+            "question": "question",
+            "choices": "option",
+            "answer": "answer",
+            "image": "image_path",
+        },
+        notes="plain accuracy; WeMath's composite loose/strict metrics are not implemented",
+    )
+)
+
+
+def logicvista_row(rec: Mapping[str, Any], split: str) -> Row:
+    row = {
+        "id": _str(rec.get("id") or rec.get("question_id")),
+        "question": _str(rec.get("question")),
+        "answer": _str(rec.get("answer")),
+        "choices": None,
+        "answer_type": "letters",
+        "question_type": "multi_choice",
+        "precision": None,
+        "metadata": {"skill": rec.get("skill")},
+    }
+    return row
+
+
+_add(
+    Benchmark(
+        name="logicvista",
+        hub_id="lscpku/LogicVista",
+        splits=("test",),
+        to_row=logicvista_row,
+        scorer="choice_letters",
+        image_column="image",
+        breakdown_keys=("skill",),
+        columns={"id": "id", "question": "question", "answer": "answer", "image": "image"},
+        notes="verify columns on the card; gold may name several letters ('A, C')",
+    )
+)
+
+
+def dynamath_row(rec: Mapping[str, Any], split: str) -> Row:
+    question = _str(rec.get("question"))
+    is_mc = "choice" in _str(rec.get("answer_type")).lower()
+    choices = choices_from_text(question) if is_mc else None
+    row = _choice_row(rec.get("id"), question, _str(rec.get("ground_truth")), choices)
+    row["qid"] = row["id"]
+    row["id"] = f"{row['id']}@{split}"
+    row["variant"] = split
+    row["metadata"] = {"subject": rec.get("subject"), "knowledge_level": rec.get("knowledge_level")}
+    return row
+
+
+_add(
+    Benchmark(
+        name="dynamath",
+        hub_id="DynaMath/DynaMath_Sample",
+        splits=tuple(f"sample_variant{i}" for i in range(1, 11)),
+        to_row=dynamath_row,
+        image_column="decoded_image",
+        group_by="qid",
+        breakdown_keys=("subject", "knowledge_level"),
+        columns={
+            "id": "id",
+            "question": "question",
+            "answer": "ground_truth",
+            "image": "decoded_image",
+        },
+        notes="501 questions x 10 variants; reports average case and worst case (all variants)",
+    )
+)
+
+# ---- text benchmarks (math-verify, gold first) --------------------------------------
+
+
+def text_row(question_col: str, answer_col: str, id_col: str | None = None) -> Callable:
+    def convert(rec: Mapping[str, Any], split: str) -> Row:
+        return {
+            "id": _str(rec.get(id_col)) if id_col else "",
+            "question": _str(rec.get(question_col)),
+            "answer": _str(rec.get(answer_col)),
+            "choices": None,
+            "answer_type": None,
+            "question_type": "free_form",
+            "precision": None,
+        }
+
+    return convert
+
+
+for _name, _hub, _split, _q, _a, _id, _note in (
+    ("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", "unique_id", "500 items"),
+    ("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", "id", "30 items"),
+    ("aime25", "math-ai/aime25", "test", "problem", "answer", "id", "30 items; verify id"),
+    ("amc23", "math-ai/amc23", "test", "question", "answer", "id", "40 items; verify id"),
+    (
+        "hmmt25",
+        "MathArena/hmmt_feb_2025",
+        "train",
+        "problem",
+        "answer",
+        "problem_idx",
+        "30 items (Feb 2025); verify id",
+    ),
+):
+    _add(
+        Benchmark(
+            name=_name,
+            hub_id=_hub,
+            splits=(_split,),
+            to_row=text_row(_q, _a, _id),
+            scorer="math_answer",
+            columns={"id": _id, "question": _q, "answer": _a},
+            notes=_note,
+        )
+    )
+
+# ---- the embedded synthetic tasks (imported only when used) --------------------------
+
+
+def _synthetic_loader(kind: str) -> Callable[[Benchmark, int | None], list[Row]]:
+    def load(bench: Benchmark, limit: int | None) -> list[Row]:
+        from mhpo_vl.data import synthetic
+
+        make = synthetic.synthetic_vision if kind == "vision" else synthetic.synthetic_text
+        ds = make(split="test", n=limit)
+        return [dict(ds[i], choices=ds[i]["choices"] or None) for i in range(len(ds))]
+
+    return load
+
+
+for _name, _kind in (("synthetic", "vision"), ("synthetic_text", "text")):
+    _add(
+        Benchmark(
+            name=_name,
+            hub_id=f"mhpo_vl.data.synthetic:synthetic_{_kind}",
+            splits=("test",),
+            to_row=lambda rec, split: dict(rec),
+            template="plain",
+            loader=_synthetic_loader(_kind),
+            breakdown_keys=("task",),
+            notes=f"the embedded synthetic {_kind} task, held-out split (400 by default)",
+        )
+    )

@@ -1,0 +1,274 @@
+"""MathVista-compatible scoring: read and write the official output and scores layouts.
+
+An output file maps ``pid -> item``; an item carries the problem fields (``question``,
+``choices``, ``answer``, ``question_type``, ``answer_type``, ``precision``, ``metadata``,
+...), the model's ``response`` and, once scored, ``extraction``, ``prediction`` and
+``true_false``. The scores file holds ``average`` and the breakdowns the official
+``calculate_score.py`` reports, with the same keys, number formats and ordering.
+
+Two ways to score (EVALUATION.md):
+
+- ``use_extraction=True``: take each item's own ``extraction`` (e.g. GPT-4's) through the
+  official normalization, edit-distance fallback included; reproduces official verdicts.
+- default: our rule-based extraction from ``response`` (:func:`mhpo_vl.rewards.judge`,
+  the same code as the training reward); a response with no recognizable answer is wrong,
+  never mapped onto the nearest choice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mhpo_vl.errors import UserError
+from mhpo_vl.rewards.normalize import normalize_row_answer
+from mhpo_vl.rewards.verifiers import judge
+
+BREAKDOWN_KEYS = (
+    "question_type",
+    "answer_type",
+    "language",
+    "source",
+    "category",
+    "task",
+    "context",
+    "grade",
+    "skills",
+)
+REQUIRED = ("question", "answer", "question_type", "answer_type", "choices")
+GOLD_FIELDS = (
+    "question",
+    "image",
+    "choices",
+    "unit",
+    "precision",
+    "answer",
+    "question_type",
+    "answer_type",
+    "pid",
+    "metadata",
+)
+
+_PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")
+_HINTS = {
+    "multi_choice": "Please answer the question and provide the correct option letter, "
+    "e.g., A, B, C, D, at the end.",
+    "integer": "Please answer the question requiring an integer answer and provide the final "
+    "value, e.g., 1, 2, 3, at the end.",
+    1: "Please answer the question requiring a floating-point number with one decimal place "
+    "and provide the final value, e.g., 1.2, 1.3, 1.4, at the end.",
+    2: "Please answer the question requiring a floating-point number with two decimal places "
+    "and provide the final value, e.g., 1.23, 1.34, 1.45, at the end.",
+    "list": "Please answer the question requiring a Python list as an answer and provide the "
+    "final list, e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.",
+}
+
+
+def build_query(row: Mapping[str, Any]) -> str:
+    """MathVista's official zero-shot query: hint line, question (with unit), choices."""
+    if row.get("question_type") == "multi_choice":
+        hint = _HINTS["multi_choice"]
+    elif row.get("answer_type") == "float":
+        hint = _HINTS[int(row.get("precision") or 1)]
+    else:
+        hint = _HINTS.get(str(row.get("answer_type")), _HINTS["integer"])
+    question = str(row["question"])
+    if row.get("unit"):
+        question += f" (Unit: {row['unit']})"
+    text = f"Hint: {hint}\nQuestion: {question}"
+    if row.get("choices"):
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        text += "\nChoices:\n" + "\n".join(
+            f"({letters[i]}) {c}" for i, c in enumerate(row["choices"])
+        )
+    return text.strip()
+
+
+@dataclass
+class ScoreSummary:
+    """Counts beside the scores: items without a response, without an extraction."""
+
+    total: int = 0
+    correct: int = 0
+    missing_response: list[str] = field(default_factory=list)
+    missing_extraction: list[str] = field(default_factory=list)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parse a JSON file; a missing file or bad JSON is a one-line :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def validate_items(
+    data: Any, path: str | Path, annotations: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Check the ``pid -> item`` layout and fill gold fields from ``annotations``.
+
+    With annotations, their gold fields win over the file's (the file may carry only
+    ``response``); a pid missing from them is an error.
+    """
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path}: expected a non-empty JSON object mapping pid -> item")
+    items: dict[str, dict[str, Any]] = {}
+    for pid, item in data.items():
+        if not isinstance(item, dict):
+            raise UserError(f"{path}: pid {pid!r}: item is not a JSON object")
+        item = dict(item)
+        if annotations is not None:
+            gold = annotations.get(str(pid))
+            if not isinstance(gold, dict):
+                raise UserError(f"{path}: pid {pid!r} is not in the annotations")
+            item.update({k: gold[k] for k in GOLD_FIELDS if k in gold})
+        for key in REQUIRED:
+            if key not in item:
+                raise UserError(f"{path}: pid {pid!r}: missing key {key!r}")
+        if item["question_type"] == "multi_choice" and not isinstance(item["choices"], list):
+            raise UserError(f"{path}: pid {pid!r}: multi_choice item needs a 'choices' list")
+        if item["answer_type"] == "float" and item.get("precision") is None:
+            raise UserError(f"{path}: pid {pid!r}: float answer needs 'precision'")
+        items[str(pid)] = item
+    return items
+
+
+def score_item(item: Mapping[str, Any], use_extraction: bool) -> dict[str, Any]:
+    """``extraction``, ``prediction`` and ``true_false`` for one item."""
+    if use_extraction:
+        extraction = item.get("extraction")
+        extraction = "" if extraction is None else extraction
+        prediction = normalize_row_answer(extraction, item, official=True)
+        correct = prediction is not None and prediction == item["answer"]
+        return {"extraction": extraction, "prediction": prediction, "true_false": correct}
+    verdict = judge(item.get("response"), item)
+    return {
+        "extraction": verdict.extraction if verdict.extraction is not None else "",
+        "prediction": verdict.prediction,
+        "true_false": verdict.correct,
+    }
+
+
+def score_items(
+    items: Mapping[str, Mapping[str, Any]], use_extraction: bool = False
+) -> tuple[dict[str, dict[str, Any]], ScoreSummary]:
+    """Score every item; returns the output layout and a summary."""
+    out: dict[str, dict[str, Any]] = {}
+    summary = ScoreSummary()
+    for pid, item in items.items():
+        response = item.get("response")
+        if not isinstance(response, str) or not response.strip():
+            summary.missing_response.append(pid)
+        if use_extraction and not item.get("extraction"):
+            summary.missing_extraction.append(pid)
+        scored = {**item, **score_item(item, use_extraction)}
+        summary.total += 1
+        summary.correct += bool(scored["true_false"])
+        out[pid] = scored
+    return out, summary
+
+
+def is_well_formed(extraction: Any, item: Mapping[str, Any]) -> bool:
+    """Whether an (official) extraction is an answer of the item's type: a choice letter
+    in range, ``(X)`` or a choice text; a number; a ``[...]`` list. The rest are refusals
+    ("N/A", "The question does not provide...") that the official scorer maps onto the
+    nearest choice by edit distance."""
+    text = str(extraction or "").strip()
+    if item.get("question_type") == "multi_choice":
+        choices = [str(c) for c in item.get("choices") or []]
+        letters = _PAREN_LETTER.findall(text)
+        letter = letters[0].upper() if letters else text
+        in_range = len(letter) == 1 and 0 <= ord(letter) - 65 < len(choices)
+        return in_range or text in choices
+    if item.get("answer_type") == "list":
+        return text.startswith("[") and text.endswith("]")
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _field(item: Mapping[str, Any], key: str) -> Any:
+    if key in item:
+        return item[key]
+    meta = item.get("metadata")
+    return meta.get(key) if isinstance(meta, Mapping) else None
+
+
+def _ordered_values(items: Iterable[Mapping[str, Any]], key: str) -> list[Any]:
+    seen: dict[Any, None] = {}
+    for item in items:
+        value = _field(item, key)
+        for v in value if key == "skills" and isinstance(value, list) else [value]:
+            if v is not None:
+                seen.setdefault(v, None)
+    return list(seen)
+
+
+def scores_layout(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The official scores dict: ``average`` (accuracy ``str(round(acc, 2))``) and per
+    breakdown key ``{value: {"accuracy": "%.2f", "correct", "total"}}`` sorted by
+    accuracy, highest first (first appearance breaks ties)."""
+    items = list(results.values())
+    if not items:
+        raise UserError("no items to score")
+    correct = sum(bool(i.get("true_false")) for i in items)
+    scores: dict[str, Any] = {
+        "average": {
+            "accuracy": str(round(correct / len(items) * 100, 2)),
+            "correct": correct,
+            "total": len(items),
+        }
+    }
+    for key in BREAKDOWN_KEYS:
+        table = {}
+        for value in _ordered_values(items, key):
+            members = [i for i in items if _matches(_field(i, key), value, key)]
+            hits = sum(bool(i.get("true_false")) for i in members)
+            table[value] = {
+                "accuracy": f"{hits / len(members) * 100:.2f}",
+                "correct": hits,
+                "total": len(members),
+            }
+        scores[key] = dict(
+            sorted(table.items(), key=lambda kv: float(kv[1]["accuracy"]), reverse=True)
+        )
+    return scores
+
+
+def _matches(field_value: Any, value: Any, key: str) -> bool:
+    if key == "skills":
+        return isinstance(field_value, list) and value in field_value
+    return field_value == value
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
+
+
+def score_file(
+    predictions: str | Path,
+    out_dir: str | Path,
+    use_extraction: bool = False,
+    annotations: str | Path | None = None,
+) -> tuple[dict[str, Any], ScoreSummary]:
+    """Score a MathVista output file; write ``out_dir/output.json`` and ``scores.json``."""
+    gold = read_json(annotations, "annotations") if annotations else None
+    if gold is not None and not isinstance(gold, dict):
+        raise UserError(f"{annotations}: expected a JSON object mapping pid -> annotation")
+    items = validate_items(read_json(predictions, "predictions"), predictions, gold)
+    results, summary = score_items(items, use_extraction)
+    scores = scores_layout(results)
+    out = Path(out_dir)
+    write_json(out / "output.json", results)
+    write_json(out / "scores.json", scores)
+    return scores, summary

@@ -1,0 +1,98 @@
+"""MathVista's official normalization of an extracted answer (``calculate_score.py``).
+
+- multi_choice: strip; ``(x)`` -> the letter uppercased; a letter in range -> that choice's
+  text; anything else -> the choice with the smallest Levenshtein distance (first on ties).
+- integer: ``str(int(float(x)))`` (truncates); float: ``str(round(float(x), precision))``;
+  list: ``str(x)``; a failure is None.
+- correct iff the normalized string equals the gold ``answer``.
+
+``official=True`` reproduces the scorer exactly, including its fallback that maps an
+empty or refusing extraction onto the nearest choice (an empty one lands on the shortest
+choice). Our rule-based path uses ``official=False``: a multiple-choice extraction that is
+neither a letter in range nor a choice text is None (wrong), not a lucky guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute all cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def most_similar(text: str, choices: Sequence[str]) -> str:
+    """The choice nearest to ``text`` by edit distance; the first one on ties."""
+    dists = [levenshtein(text, str(c)) for c in choices]
+    return str(choices[dists.index(min(dists))])
+
+
+def normalize_choice(extraction: Any, choices: Sequence[str], official: bool = False) -> str | None:
+    """Map an extraction to a choice text (see the module docstring)."""
+    if extraction is None and not official:
+        return None
+    text = extraction.strip() if isinstance(extraction, str) else str(extraction)
+    letters = _PAREN_LETTER.findall(text)
+    if letters:
+        text = letters[0].upper()
+    options = [chr(ord("A") + i) for i in range(len(choices))]
+    if text in options:
+        return str(choices[options.index(text)])
+    if official:
+        return most_similar(text, choices)
+    keys = [str(c).strip().lower() for c in choices]
+    return str(choices[keys.index(text.lower())]) if text.lower() in keys else None
+
+
+def normalize_answer(
+    extraction: Any,
+    choices: Sequence[str] | None,
+    question_type: str | None,
+    answer_type: str | None,
+    precision: Any = None,
+    official: bool = False,
+) -> str | None:
+    """The official MathVista normalization of one extraction; None means wrong."""
+    if question_type == "multi_choice" or (question_type is None and choices):
+        if not choices:
+            return None
+        return normalize_choice(extraction, choices, official)
+    if extraction is None or (not official and str(extraction).strip() == ""):
+        return None
+    try:
+        if answer_type == "integer":
+            return str(int(float(extraction)))
+        if answer_type == "float":
+            return str(round(float(extraction), int(precision)))
+        if answer_type == "list":
+            return str(extraction)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return str(extraction).strip()
+
+
+def normalize_row_answer(
+    extraction: Any, row: Mapping[str, Any], official: bool = False
+) -> str | None:
+    """:func:`normalize_answer` with the type fields read from a problem row."""
+    return normalize_answer(
+        extraction,
+        row.get("choices") or None,
+        row.get("question_type"),
+        row.get("answer_type"),
+        row.get("precision"),
+        official=official,
+    )

@@ -1,0 +1,99 @@
+"""Answer extraction and MathVista's official normalization, on hand-written cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from mhpo_vl.rewards import extract_answer, levenshtein, normalize_answer
+from mhpo_vl.rewards.extract import last_boxed, last_tag_content, numbers
+
+CHOICES = ["30", "36", "72", "24"]
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("<think>so B</think><answer>B</answer>", "B"),
+        ("<answer>(B) 36</answer>", "B"),
+        ("<answer>36</answer>", "36"),
+        ("<answer>\\boxed{36}</answer>", "36"),
+        ("Therefore, the answer is $\\boxed{\\text{(D) } 24}$.", "D"),
+        ("So the correct option is (B) 36.", "B"),
+        ("Answer: C", "C"),
+        ("**Answer:** b", "B"),
+        ("(B)", "B"),
+        ("B. 36", "B"),
+        ("I compute 36.", "36"),  # a numeric choice named by its value
+        ("因此，CD的长为5，选项A正确。", "A"),
+        ("Between A and B, I choose neither.", None),
+        ("The question does not provide enough information.", None),
+        ("", None),
+    ],
+)
+def test_multiple_choice_extraction(response, expected):
+    assert extract_answer(response, CHOICES, "text") == expected
+
+
+def test_choice_text_and_letter_only_choices():
+    choices = ["plants decrease", "plants increase", "nothing happens"]
+    assert extract_answer("The answer is plants increase.", choices) == "plants increase"
+    # single-letter choice texts never match a stray word "a"
+    letters = ["A", "B", "C", "D"]
+    assert extract_answer("The question is incomplete, a sequence is missing.", letters) is None
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("<answer>x = 5</answer>", "5"),
+        ("The volume is 1,000 mL, so the answer is 1,000.", "1000"),
+        ("\\boxed{\\frac{3}{4}}", "0.75"),
+        ("the answer is -2.5.", "-2.5"),
+        ("The answer is 13 * -10 = -130", "-130"),  # after the last '='
+        ("First 12, then 7. Final value: 3", "3"),
+        ("it is 4 then 9", "9"),  # no marked answer: the last number
+        ("T is about 1.2 x 10^4 s", "12000"),
+        ("no numbers here", None),
+    ],
+)
+def test_numeric_extraction(response, expected):
+    assert extract_answer(response, None, "float") == expected
+
+
+def test_list_extraction_formats_like_python():
+    assert extract_answer("so [1,2, 3] it is", None, "list") == "[1, 2, 3]"
+    assert extract_answer("\\boxed{[2014, 2016]}", None, "list") == "[2014, 2016]"
+    assert extract_answer("[a, b]", None, "list") is None
+
+
+def test_helpers():
+    assert last_boxed("\\boxed{1} and \\boxed{\\frac{a}{b}}") == "\\frac{a}{b}"
+    assert last_boxed("\\boxed{unclosed") is None
+    assert last_tag_content("<answer>1</answer> <answer> 2 </answer>") == "2"
+    assert numbers("from -3 to 4.5, 1/2 and 2,000") == ["-3", "4.5", "0.5", "2000"]
+    assert numbers("range 1-2") == ["1", "2"]  # a hyphen between numbers is no minus sign
+
+
+def test_levenshtein_hand_values():
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("", "abc") == 3
+    assert levenshtein("same", "same") == 0
+
+
+def test_official_normalization():
+    ch = ["6.5", "13", "26", "52"]
+    # multi_choice: letter -> text; "(c) text" -> letter C; anything else -> nearest choice
+    assert normalize_answer("B", ch, "multi_choice", "text", official=True) == "13"
+    assert normalize_answer("(c) 26", ch, "multi_choice", "text", official=True) == "26"
+    assert normalize_answer("", ch, "multi_choice", "text", official=True) == "13"  # shortest
+    assert normalize_answer("N/A", ch, "multi_choice", "text", official=True) == "6.5"
+    # ours: no edit-distance luck
+    assert normalize_answer("N/A", ch, "multi_choice", "text") is None
+    assert normalize_answer("26", ch, "multi_choice", "text") == "26"
+    # integer truncates, float rounds to precision, list is str()
+    assert normalize_answer("2.9", None, "free_form", "integer") == "2"
+    assert normalize_answer("1.25", None, "free_form", "float", 1) == "1.2"  # banker's round
+    assert normalize_answer("0.0115", None, "free_form", "float", 2) == "0.01"
+    assert normalize_answer("[1, 2]", None, "free_form", "list") == "[1, 2]"
+    assert normalize_answer("N/A", None, "free_form", "integer") is None
+    assert normalize_answer(None, None, "free_form", "float", 1) is None
