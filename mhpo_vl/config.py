@@ -314,6 +314,10 @@ def check_names(recipe: Recipe) -> None:
             rewards.load_reward(spec.name)
         except UserError as exc:
             raise UserError(f"rewards[{i}].name: {exc}") from None
+    from mhpo_vl.eval.benchmarks import BENCHMARKS
+
+    for i, name in enumerate(recipe.eval.benchmarks):
+        _named(f"eval.benchmarks[{i}]", name, BENCHMARKS)
     check_dataset_spec(recipe.data.train, "data.train")
     if recipe.data.eval is not None:
         check_dataset_spec(recipe.data.eval, "data.eval")

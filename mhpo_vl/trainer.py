@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from mhpo_vl import algorithms, checkpoint
 from mhpo_vl.config import Recipe, dump_recipe
 from mhpo_vl.data import EpochSampler, ProblemSet, load_problems
 from mhpo_vl.models import Policy, load_policy, token_logprobs
-from mhpo_vl.rewards import load_reward, overlong_penalty, score_rewards
+from mhpo_vl.rewards import overlong_penalty, reward_stats, score_rewards
 from mhpo_vl.rollout import ENGINES, RolloutBatch, SamplingParams, build_prompts
 from mhpo_vl.tracking import RunLogger
 
@@ -50,7 +50,9 @@ class Run:
     eval_set: ProblemSet | None
     sampler: EpochSampler
     logger: RunLogger
+    suites: list[tuple[str, Any, list[dict]]]
     start_step: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
 
     @property
     def world(self) -> int:
@@ -103,6 +105,9 @@ def _load_policy(path: str, cfg: Recipe, device: Any) -> Policy:
 
 
 def setup(cfg: Recipe) -> Run:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own bar is the one to watch
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     acc = make_accelerator()
@@ -135,6 +140,7 @@ def setup(cfg: Recipe) -> Run:
         ENGINES.get(cfg.rollout.engine)(policy),
         train_set, eval_set, EpochSampler(len(train_set), cfg.seed),
         RunLogger(out, enabled=acc.is_main_process, tensorboard=cfg.trainer.tensorboard),
+        eval_suites(cfg, eval_set),
     )  # fmt: skip
     if ckpt is not None:
         _restore(run, ckpt)
@@ -204,10 +210,14 @@ def rollout(run: Run, rows: list[dict[str, Any]]) -> tuple[RolloutBatch, dict[st
     cfg = run.cfg
     G = cfg.rollout.group_size
     prompts = build_prompts(rows, cfg.data.template, system=cfg.data.system_prompt)
+    t0 = time.perf_counter()
     batch = run.engine.generate(prompts, _sampling(cfg, G))
+    t1 = time.perf_counter()
     rows_B = [row for row in rows for _ in range(G)]
     specs = [(r.name, r.weight) for r in cfg.rewards]
     total, parts = score_rewards(specs, batch.completions, rows_B)
+    run.timings["generate"] += t1 - t0
+    run.timings["reward"] += time.perf_counter() - t1
     rewards_B = torch.tensor(total, dtype=torch.float32)
     ov = cfg.algorithm.overlong
     if ov.enabled:
@@ -366,6 +376,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
     G = cfg.rollout.group_size
     t0 = time.perf_counter()
+    run.timings.update(generate=0.0, reward=0.0)
     batch, scored, stats = collect(run)
     t1 = time.perf_counter()
     rewards_PG = scored["rewards"].view(-1, G)
@@ -384,11 +395,16 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "time/rollout": t1 - t0,
+            "time/generate": run.timings["generate"],
+            "time/reward": run.timings["reward"],
             "time/update": t2 - t1,
         }
     )
     for part, values in scored["parts"].items():
         metrics[f"reward/{part}"] = sum(values) / len(values)
+    for name, counts in reward_stats().items():  # cumulative, so a failing verifier shows
+        if counts["failures"]:
+            metrics[f"reward_failures/{name}"] = float(counts["failures"])
     metrics = _reduce_metrics(run, metrics)
     metrics["time/step"] = time.perf_counter() - t0
     _log_samples(run, step, batch, scored)
@@ -431,42 +447,65 @@ def _log_samples(run: Run, step: int, batch: RolloutBatch, scored: dict[str, Any
 # ----------------------------------------------------------------------------- evaluation
 
 
+def eval_suites(cfg: Recipe, eval_set: ProblemSet | None) -> list[tuple[str, Any, list[dict]]]:
+    """(metric prefix, benchmark, rows) for the held-out split and each ``eval.benchmarks``
+    entry, loaded once; scored by the eval module, the same code as ``mhpo-vl eval``."""
+    from mhpo_vl.eval.benchmarks import BENCHMARKS, Benchmark
+    from mhpo_vl.eval.loaders import load_benchmark
+
+    suites = []
+    if eval_set is not None:
+        spec = cfg.data.eval
+        heldout = Benchmark(
+            name="heldout", hub_id=spec.source, splits=(spec.split,), to_row=lambda r, _s: dict(r),
+            template=cfg.data.template, scorer="accuracy",
+        )  # fmt: skip
+        suites.append(("eval/accuracy", heldout, eval_set.rows(cfg.eval.size)))
+    for name in cfg.eval.benchmarks:
+        suites.append(
+            (
+                f"eval/{name}/accuracy",
+                BENCHMARKS.get(name),
+                load_benchmark(name, limit=cfg.eval.size),
+            )
+        )
+    return suites
+
+
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
-    """Held-out accuracy with the recipe's eval decoding (greedy by default).
+    """Accuracy on each eval suite with the recipe's eval decoding (greedy by default),
+    plus per-task accuracy where rows name a task. Each process scores its share.
 
     Uses a forked RNG so that evaluating never changes the training trajectory.
     """
-    if run.eval_set is None:
-        return {}
+    from mhpo_vl.eval.runner import evaluate as run_benchmark
+
     cfg, e = run.cfg, run.cfg.eval
-    rows = run.eval_set.rows(e.size)[run.rank :: run.world]
-    verifier = load_reward("accuracy")
-    params = SamplingParams(
-        n=1,
-        max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
-        temperature=e.temperature,
-        top_p=1.0,
-    )
-    correct: dict[str, list[float]] = {}
+    if not run.suites:
+        return {}
+    max_new = e.max_new_tokens or cfg.rollout.max_new_tokens
+
+    def generate(prompts: list[dict[str, Any]], k: int) -> list[str]:
+        params = SamplingParams(n=k, max_new_tokens=max_new, temperature=e.temperature)
+        return run.engine.generate(prompts, params).completions
+
+    metrics: dict[str, float] = {}
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        for start in range(0, len(rows), e.batch_size):
-            chunk = rows[start : start + e.batch_size]
-            batch = run.engine.generate(
-                build_prompts(chunk, cfg.data.template, system=cfg.data.system_prompt), params
+        for prefix, bench, all_rows in run.suites:
+            rows = all_rows[run.rank :: run.world]
+            result = run_benchmark(
+                generate, bench, rows, 1, system=cfg.data.system_prompt, batch_size=e.batch_size
             )
-            for row, text in zip(chunk, batch.completions, strict=True):
-                score = float(verifier(text, row))
-                correct.setdefault("all", []).append(score)
-                if row.get("task"):
-                    correct.setdefault(str(row["task"]), []).append(score)
-    metrics = {}
-    for key, scores in sorted(correct.items()):
-        total = _global_sum(run, sum(scores))
-        count = _global_sum(run, len(scores))
-        name = "eval/accuracy" if key == "all" else f"eval/accuracy/{key}"
-        metrics[name] = total / max(count, 1)
+            sums: dict[str, list[float]] = {prefix: [0.0, 0.0]}
+            for row, prob in zip(rows, result["problems"], strict=True):
+                for key in [prefix] + ([f"{prefix}/{row['task']}"] if row.get("task") else []):
+                    acc = sums.setdefault(key, [0.0, 0.0])
+                    acc[0] += prob["scores"][0]
+                    acc[1] += 1
+            for key, (correct, count) in sorted(sums.items()):
+                metrics[key] = _global_sum(run, correct) / max(_global_sum(run, count), 1.0)
     metrics["time/eval"] = time.perf_counter() - t0
     return metrics
 

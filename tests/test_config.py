@@ -74,6 +74,11 @@ def test_overrides_are_yaml_values_at_dotted_keys():
         ({}, ["optim.scheduler=wsd"], r"optim.scheduler: unknown 'wsd'"),
         ({}, ["trainer.max_steps"], r"is not KEY=VALUE"),
         ({"model": "x"}, [], r"model: expected a mapping"),
+        (
+            {},
+            ["eval.benchmarks=[mathvistaa]"],
+            r"eval.benchmarks\[0\]: unknown name 'mathvistaa'.*mathvista",
+        ),
     ],
 )
 def test_mistakes_name_the_key(tree, overrides, message):

@@ -35,6 +35,7 @@ COLUMN_GUESSES = {
     "answer_type": ("answer_type",),
     "question_type": ("question_type",),
     "precision": ("precision",),
+    "task": ("task", "category", "subject"),
 }
 LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
