@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,8 @@ def _restore(run: Run, ckpt: Path) -> None:
     checkpoint.set_rng_state(state["rng"][run.rank])
     run.start_step = state["step"]
     run.logger.truncate_after(run.start_step)
-    log.info("resumed from %s (step %d)", ckpt, run.start_step)
+    if run.accelerator.is_main_process:
+        log.info("resumed from %s (step %d)", ckpt, run.start_step)
 
 
 def _save(run: Run, step: int) -> None:
@@ -411,18 +413,33 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
+def _gather_dicts(run: Run, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every process's dict (keys may differ between processes, so no tensor collectives)."""
+    if run.world == 1:
+        return [item]
+    from accelerate.utils import gather_object
+
+    return gather_object([item])
+
+
 def _reduce_metrics(run: Run, metrics: dict[str, float]) -> dict[str, float]:
+    """Mean over processes (min/max for ``*_min``/``*_max``; sum for failure counts)."""
     if run.world == 1:
         return metrics
-    keys = sorted(metrics)
-    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=run.accelerator.device)
-    everyone = run.accelerator.gather(t[None]).view(run.world, -1)
+    columns: dict[str, list[float]] = {}
+    for item in _gather_dicts(run, metrics):
+        for k, v in item.items():
+            columns.setdefault(k, []).append(v)
     out = {}
-    for j, k in enumerate(keys):
-        col = everyone[:, j]
-        out[k] = float(
-            col.min() if k.endswith("_min") else col.max() if k.endswith("_max") else col.mean()
-        )
+    for k, col in columns.items():
+        if k.endswith("_min"):
+            out[k] = min(col)
+        elif k.endswith("_max"):
+            out[k] = max(col)
+        elif k.startswith("reward_failures/"):
+            out[k] = sum(col)
+        else:
+            out[k] = sum(col) / len(col)
     return out
 
 
@@ -504,8 +521,14 @@ def evaluate(run: Run) -> dict[str, float]:
                     acc = sums.setdefault(key, [0.0, 0.0])
                     acc[0] += prob["scores"][0]
                     acc[1] += 1
-            for key, (correct, count) in sorted(sums.items()):
-                metrics[key] = _global_sum(run, correct) / max(_global_sum(run, count), 1.0)
+            totals: dict[str, list[float]] = {}
+            for item in _gather_dicts(run, sums):
+                for key, (correct, count) in item.items():
+                    acc = totals.setdefault(key, [0.0, 0.0])
+                    acc[0] += correct
+                    acc[1] += count
+            for key, (correct, count) in sorted(totals.items()):
+                metrics[key] = correct / max(count, 1.0)
     metrics["time/eval"] = time.perf_counter() - t0
     return metrics
 
@@ -524,7 +547,7 @@ def train(cfg: Recipe) -> dict[str, float]:
         start = evaluate(run)
         if start:
             run.logger.log(0, start)
-            log.info("step 0: eval/accuracy %.3f", start["eval/accuracy"])
+            _announce(run, 0, start)
     progress = _progress(run)
     metrics: dict[str, float] = {}
     for step in range(run.start_step + 1, t.max_steps + 1):
@@ -540,9 +563,15 @@ def train(cfg: Recipe) -> dict[str, float]:
     if progress is not None:
         progress.close()
     run.logger.close()
-    if "eval/accuracy" in metrics:
-        log.info("step %d: eval/accuracy %.3f", t.max_steps, metrics["eval/accuracy"])
+    _announce(run, t.max_steps, metrics)
     return metrics
+
+
+def _announce(run: Run, step: int, metrics: dict[str, float]) -> None:
+    if run.accelerator.is_main_process:
+        for key, value in metrics.items():
+            if re.fullmatch(r"eval/(accuracy|[^/]+/accuracy)", key):  # headline numbers only
+                log.info("step %d: %s %.3f", step, key, value)
 
 
 def _progress(run: Run) -> Any:
