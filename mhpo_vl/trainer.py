@@ -243,7 +243,7 @@ def collect(run: Run) -> tuple[RolloutBatch, dict[str, Any], dict[str, float]]:
     stats = {"dynamic_sampling/tries": 1.0}
     if not ds.enabled:
         return batch, scored, stats
-    from mhpo_vl.rollout import concat_batches
+    from mhpo_vl.rollout.batch import concat_batches
 
     kept_batches, kept_scored, kept = [], [], 0
     P_local = len(batch.completions) // G
