@@ -298,15 +298,9 @@ def check_names(recipe: Recipe) -> None:
     _named("algorithm.loss.name", loss.pop("name"), algorithms.POLICY_LOSSES)
     _check_loss_params(recipe.algorithm.loss["name"], loss)
     _named("algorithm.advantage", recipe.algorithm.advantage, algorithms.ADVANTAGES)
-    if recipe.algorithm.agg is not None and recipe.algorithm.agg not in algorithms.AGGREGATIONS:
-        raise UserError(
-            f"algorithm.agg: unknown aggregation {recipe.algorithm.agg!r}; "
-            f"valid: {', '.join(algorithms.AGGREGATIONS)}"
-        )
-    if recipe.algorithm.kl_estimator not in ("k1", "k2", "k3"):
-        raise UserError(
-            f"algorithm.kl_estimator: {recipe.algorithm.kl_estimator!r}; valid: k1, k2, k3"
-        )
+    if recipe.algorithm.agg is not None:
+        _one_of("algorithm.agg", recipe.algorithm.agg, algorithms.AGGREGATIONS)
+    _one_of("algorithm.kl_estimator", recipe.algorithm.kl_estimator, algorithms.KL_ESTIMATORS)
     _named("data.template", recipe.data.template, TEMPLATES)
     _named("rollout.engine", recipe.rollout.engine, ENGINES)
     for i, spec in enumerate(recipe.rewards):
@@ -327,6 +321,11 @@ def check_names(recipe: Recipe) -> None:
 def _named(key: str, name: str, registry: Any) -> None:
     if name not in registry:
         raise UserError(f"{key}: unknown name {name!r}; valid: {', '.join(registry.names())}")
+
+
+def _one_of(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise UserError(f"{key}: unknown {value!r}; valid: {', '.join(valid)}")
 
 
 def _check_loss_params(name: str, params: dict[str, Any]) -> None:
@@ -356,12 +355,8 @@ def _check_ranges(recipe: Recipe) -> None:
             f"trainer.minibatches ({t.minibatches}) must divide prompts_per_step * group_size "
             f"({t.prompts_per_step * r.group_size})"
         )
-    if recipe.optim.scheduler not in ("constant", "linear", "cosine"):
-        raise UserError(
-            f"optim.scheduler: unknown {recipe.optim.scheduler!r}; valid: constant, linear, cosine"
-        )
-    if recipe.model.dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"model.dtype: {recipe.model.dtype!r}; valid: float32, bfloat16, float16")
+    _one_of("optim.scheduler", recipe.optim.scheduler, ("constant", "linear", "cosine"))
+    _one_of("model.dtype", recipe.model.dtype, ("float32", "bfloat16", "float16"))
     if not 0 < r.top_p <= 1:
         raise UserError(f"rollout.top_p: must be in (0, 1], got {r.top_p}")
 

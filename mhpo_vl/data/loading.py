@@ -151,7 +151,7 @@ class ProblemSet:
         row["answer"] = _as_answer(row["answer"])
         row["question"] = str(row["question"])
         if "image" in self.columns:
-            image = _open_image(row["image"], self.base_dir)
+            image = open_image(row["image"], self.base_dir)
             row["image"] = resize_within(image, self.min_pixels, self.max_pixels)
         else:
             row["image"] = None
@@ -172,13 +172,14 @@ def _as_answer(value: Any) -> str:
     return str(value).strip()
 
 
-def _open_image(value: Any, base_dir: Path | None) -> Any:
-    """A PIL RGB image from a PIL image, a {bytes, path} dict, a path, or a 1-list of those."""
+def open_image(value: Any, base_dir: Path | None = None) -> Any:
+    """A PIL RGB image from a PIL image, a ``{bytes, path}`` dict, a path (relative to
+    ``base_dir``) or a 1-list of those; ``ValueError``/``OSError`` when there is none."""
     from PIL import Image
 
     if isinstance(value, list | tuple):
         value = value[0] if value else None
-    if value is None:
+    if value is None or value == "":
         raise ValueError("no image")
     if isinstance(value, Image.Image):
         return value.convert("RGB")
@@ -186,13 +187,13 @@ def _open_image(value: Any, base_dir: Path | None) -> Any:
         if value.get("bytes"):
             return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
         value = value.get("path")
-    if isinstance(value, str):
-        path = Path(value)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    raise ValueError(f"unsupported image value of type {type(value).__name__}")
+    path = Path(str(value))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    with Image.open(path) as img:
+        return img.convert("RGB")
 
 
 def _map_columns(available: list[str], explicit: Mapping[str, str], name: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mhpo_vl.data.templates import TEMPLATES
-from mhpo_vl.eval.mathvista import build_query
+from mhpo_vl.eval.mathvista import BREAKDOWN_KEYS, build_query
 from mhpo_vl.registry import Registry
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -147,17 +147,7 @@ _add(
         to_row=mathvista_row,
         template="mathvista_query",
         image_column="decoded_image",
-        breakdown_keys=(
-            "question_type",
-            "answer_type",
-            "language",
-            "source",
-            "category",
-            "task",
-            "context",
-            "grade",
-            "skills",
-        ),
+        breakdown_keys=BREAKDOWN_KEYS,
         columns={"id": "pid", "image": "decoded_image"},
         notes="1000 items; scored with the official normalization (mhpo_vl.eval.mathvista)",
     )

@@ -9,9 +9,7 @@ columns may hold PIL images, ``{"bytes", "path"}`` dicts or paths relative to th
 
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +20,13 @@ SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 def open_image(value: Any, base_dir: Path | None, where: str) -> Any:
-    """A PIL RGB image from a PIL image, ``{"bytes"|"path"}``, a path or a 1-list."""
-    from PIL import Image
+    """A PIL RGB image (see :func:`mhpo_vl.data.loading.open_image`); errors name ``where``."""
+    from mhpo_vl.data.loading import open_image as _open
 
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
-    if value is None or value == "":
-        raise UserError(f"{where}: no image")
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, Mapping):
-        if value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"])).convert("RGB")
-        value = value.get("path")
-    path = Path(str(value))
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if not path.is_file():
-        raise UserError(f"{where}: image file not found: {path}")
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    try:
+        return _open(value, base_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{where}: {exc}") from None
 
 
 def _read_local(path: Path) -> list[dict[str, Any]]:
