@@ -245,11 +245,12 @@ def collect(run: Run) -> tuple[RolloutBatch, dict[str, Any], dict[str, float]]:
         return batch, scored, stats
     from mhpo_vl.rollout.batch import concat_batches
 
-    kept_batches, kept_scored, kept = [], [], 0
+    kept_batches, kept_scored, kept, sampled = [], [], 0, []
     P_local = len(batch.completions) // G
     for attempt in range(ds.max_tries):
         if attempt:
             batch, scored = rollout(run, _local_rows(run, P))
+        sampled.append(scored["rewards"])
         groups = scored["rewards"].view(-1, G)
         keep = (groups.max(dim=1).values > groups.min(dim=1).values).nonzero().flatten().tolist()
         keep = keep[: P_local - kept]
@@ -262,9 +263,9 @@ def collect(run: Run) -> tuple[RolloutBatch, dict[str, Any], dict[str, float]]:
         if kept >= P_local:
             break
     stats["dynamic_sampling/kept_frac"] = kept / P_local
-    if (
-        not kept_batches
-    ):  # every group was uniform in every try: train on the last one (zero advantage)
+    # reward/mean is over the kept groups; this is over everything sampled
+    stats["dynamic_sampling/reward_mean_sampled"] = float(torch.cat(sampled).mean())
+    if not kept_batches:  # every group uniform in every try: the last one (zero advantage)
         return batch, scored, stats
     return concat_batches(kept_batches), _concat_scored(kept_scored), stats
 
@@ -319,11 +320,12 @@ def update(run: Run, batch: RolloutBatch, advantages_B: torch.Tensor) -> dict[st
     ref_B = _logprobs_no_grad(run.ref.model, batch, micro) if run.ref is not None else None
     params = [p for p in run.model.parameters() if p.requires_grad]
     acc_metrics: dict[str, list[float]] = {}
-    mb_size = B // cfg.trainer.minibatches
     for _ in range(cfg.trainer.update_epochs):
-        order = torch.randperm(B).tolist() if cfg.trainer.minibatches > 1 else list(range(B))
-        for start in range(0, B, mb_size):
-            mb = order[start : start + mb_size]
+        order = torch.randperm(B) if cfg.trainer.minibatches > 1 else torch.arange(B)
+        # exactly `minibatches` optimizer steps (fewer only if B is smaller), even when
+        # dynamic sampling kept a number of groups that does not divide evenly
+        for mb_t in torch.tensor_split(order, min(cfg.trainer.minibatches, B)):
+            mb = mb_t.tolist()
             # Counts of the whole minibatch across processes, divided by the world size
             # because DDP averages (not sums) the processes' gradients.
             n_tok = _global_sum(run, float(batch.response_mask[mb].sum())) / run.world
