@@ -1,0 +1,139 @@
+"""Loading a policy: the model plus what turns prompts into its inputs.
+
+``path`` is a local Hugging Face directory, a hub id, or ``embedded:<name>`` (a tiny
+model built offline by :mod:`mhpo_vl.models.tiny` and cached on first use).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mhpo_vl.errors import UserError
+from mhpo_vl.models.processors import VL_MODEL_TYPES, load_vl_processor
+
+TEXT_MODEL_TYPES = ("qwen2", "qwen3")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+EMBEDDED_PREFIX = "embedded:"
+
+
+@dataclass
+class Policy:
+    """A loaded model. ``processor`` is the (image-only) Qwen-VL processor for vision
+    models and the tokenizer for text models."""
+
+    model: Any
+    processor: Any
+    is_vision: bool
+    path: str
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer if self.is_vision else self.processor
+
+
+def _check_path(path: str) -> None:
+    """Fail early, naming the path, for a local path that is not a model directory."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise UserError(f"model path {path!r} is not a directory")
+    if path.startswith((".", "/", "~")) or path.count("/") != 1 or "\\" in path:
+        raise UserError(f"model path {path!r} does not exist (nor is it a hub id 'org/name')")
+
+
+def _model_type(path: str, trust_remote_code: bool) -> str:
+    from transformers import AutoConfig
+
+    _check_path(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model config from {path!r}: {e}") from None
+    model_type = config.model_type
+    if model_type not in VL_MODEL_TYPES + TEXT_MODEL_TYPES:
+        raise UserError(
+            f"model {path!r} has type {model_type!r}; supported: "
+            f"{', '.join(VL_MODEL_TYPES + TEXT_MODEL_TYPES)}"
+        )
+    return model_type
+
+
+def _load_model(path: str, model_type: str, dtype: torch.dtype, trust_remote_code: bool) -> Any:
+    import transformers as tf
+
+    cls = {
+        "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
+        "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": tf.Qwen3VLForConditionalGeneration,
+    }.get(model_type, tf.AutoModelForCausalLM)
+    return cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _resolve(path: str) -> str:
+    """A directory (or hub id) to load; embedded names are built (once) and cached."""
+    if not path.startswith(EMBEDDED_PREFIX):
+        return os.path.expanduser(path)
+    from mhpo_vl.models.tiny import ensure_embedded
+
+    def log(msg: str) -> None:
+        print(f"[mhpo_vl] {msg}", file=sys.stderr, flush=True)
+
+    return str(ensure_embedded(path[len(EMBEDDED_PREFIX) :], log=log))
+
+
+def load_policy(
+    path: str,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    freeze_vision: bool = False,
+    device: str | torch.device | None = None,
+) -> Policy:
+    """Load a Qwen2/2.5/3-VL or Qwen2/3 text model and its processor (or tokenizer).
+
+    ``freeze_vision`` stops gradients into the vision tower (patch embed, blocks,
+    merger). Tokenizers are left-padded (prompts are left-padded for generation)."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    local = _resolve(path)
+    model_type = _model_type(local, trust_remote_code)
+    model = _load_model(local, model_type, DTYPES[dtype], trust_remote_code)
+    is_vision = model_type in VL_MODEL_TYPES
+    if is_vision:
+        processor = load_vl_processor(local, model_type, trust_remote_code=trust_remote_code)
+        tokenizer = processor.tokenizer
+    else:
+        from transformers import AutoTokenizer
+
+        processor = tokenizer = AutoTokenizer.from_pretrained(
+            local, trust_remote_code=trust_remote_code
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if freeze_vision and is_vision:
+        for p in _vision_tower(model).parameters():
+            p.requires_grad_(False)
+    if gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if device is not None:
+        model.to(device)
+    return Policy(model=model, processor=processor, is_vision=is_vision, path=path)
+
+
+def _vision_tower(model: Any) -> torch.nn.Module:
+    inner = getattr(model, "model", model)
+    tower = getattr(inner, "visual", None) or getattr(model, "visual", None)
+    if tower is None:
+        raise AssertionError(f"no vision tower found on {type(model).__name__}")
+    return tower

@@ -1,0 +1,425 @@
+"""Tiny models of the real Qwen architectures, built offline from a config.
+
+The embedded default (``embedded:tiny-vl``) is a ``Qwen2_5_VLForConditionalGeneration``
+with a 128-wide, 4-layer language model and a 128-wide, 2-layer vision tower, and a
+byte-level BPE trained on the synthetic task's own text plus the Qwen special tokens
+(same names, same order, same roles: ``<|im_end|>`` ends a turn, ``<|endoftext|>`` pads)
+and the Qwen2-VL chat template, so every code path the real models take (chat template,
+image-token expansion, mRoPE, left padding) is exercised. ``embedded:tiny-text`` is a
+``Qwen2ForCausalLM`` of the same size for the text task.
+
+Qwen2-VL, Qwen3-VL and Qwen3 variants can be built too (``arch=...``), for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from mhpo_vl.errors import UserError
+
+VL_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+TEXT_ARCHS = ("qwen2", "qwen3")
+
+# Qwen's special tokens in Qwen's order (151643.. in the real vocabulary).
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+VISION_TOKENS = SPECIAL_TOKENS[9:]
+# Qwen2's pre-tokenizer split (digits one by one).
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+DEFAULT_SYSTEM = "You are a helpful assistant."
+# The Qwen2-VL / Qwen2.5-VL chat template (images and videos, string or list content).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Everything that determines an embedded model; its hash keys the cache.
+
+    ``sft_*`` set the warm start (a short supervised pass on the task's train split, see
+    :mod:`mhpo_vl.models.warmstart`); ``sft_steps=0`` gives the random-init model."""
+
+    arch: str = "qwen2_5_vl"
+    task: str = "vision"  # synthetic task: "vision" | "text"
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 4
+    intermediate: int = 256
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    image_size: int = 84  # max pixels = image_size**2 (9 vision tokens at 84)
+    bpe_vocab: int = 384  # byte-level BPE size before the special tokens
+    bpe_rows: int = 2000  # train rows whose text trains the BPE
+    sft_steps: int = 600  # at most; stops earlier once validation accuracy hits the target
+    sft_target: float = 0.42  # greedy accuracy on sft_val_rows train rows; 0 = run all steps
+    sft_eval_every: int = 10
+    sft_val_rows: int = 300
+    sft_batch: int = 32
+    sft_lr: float = 2e-3
+    sft_rows: int = 4000
+    seed: int = 0
+
+    @property
+    def is_vision(self) -> bool:
+        return self.arch in VL_ARCHS
+
+    def replace(self, **changes: Any) -> TinyConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> TinyConfig:
+        if self.arch not in VL_ARCHS + TEXT_ARCHS:
+            raise UserError(f"unknown tiny-model arch {self.arch!r}; use {VL_ARCHS + TEXT_ARCHS}")
+        if self.task not in ("vision", "text") or (self.task == "vision" and not self.is_vision):
+            raise UserError(f"tiny model task {self.task!r} does not fit arch {self.arch!r}")
+        if self.hidden % self.heads or (self.hidden // self.heads) % 4:
+            raise UserError("tiny model: hidden must be a multiple of 4 * heads")
+        return self
+
+
+EMBEDDED: dict[str, TinyConfig] = {
+    "tiny-vl": TinyConfig(),
+    # the text task's chance level is lower (free-form sums): a lower target, more steps
+    "tiny-text": TinyConfig(arch="qwen2", task="text", sft_target=0.35, sft_steps=1500),
+}
+
+
+def parse_embedded(name: str) -> TinyConfig:
+    """``tiny-vl`` or ``tiny-vl?sft_steps=0&hidden=64`` (overrides typed by the field)."""
+    base, _, query = name.partition("?")
+    if base not in EMBEDDED:
+        raise UserError(f"unknown embedded model {base!r}; valid names: {', '.join(EMBEDDED)}")
+    cfg = EMBEDDED[base]
+    fields = {f.name: f for f in dataclasses.fields(TinyConfig)}
+    changes: dict[str, Any] = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise UserError(f"unknown tiny-model option {key!r} in {name!r}")
+        kind = type(getattr(cfg, key))
+        try:
+            changes[key] = kind(value)
+        except ValueError:
+            raise UserError(f"bad value {value!r} for tiny-model option {key!r}") from None
+    return cfg.replace(**changes).validate()
+
+
+# --- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
+    """A Qwen2 tokenizer whose BPE is trained on ``texts`` (Qwen's pre-tokenizer, byte
+    level, NFC) with the Qwen special tokens appended after the learned vocabulary."""
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    state = json.loads(bpe.model.__getstate__())
+    vocab, merges = dict(state["vocab"]), [tuple(m) for m in state["merges"]]
+    base = len(vocab)
+    vocab.update({t: base + i for i, t in enumerate(SPECIAL_TOKENS)})
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS,
+        model_max_length=4096,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+# --- models
+
+
+def _token_ids(tok: Any) -> dict[str, int]:
+    ids = dict(zip(SPECIAL_TOKENS, tok.convert_tokens_to_ids(SPECIAL_TOKENS), strict=True))
+    return {
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def _text_config(cfg: TinyConfig, vocab_size: int, ids: dict[str, int]) -> dict[str, Any]:
+    head_dim = cfg.hidden // cfg.heads
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": 10000.0}
+    if cfg.is_vision:  # mRoPE splits head_dim / 2 frequencies over (t, h, w): Qwen's 16:24:24
+        half = head_dim // 2
+        t = half // 4
+        rope["mrope_section"] = [t, (half - t) // 2, half - t - (half - t) // 2]
+        if cfg.arch == "qwen3_vl":
+            rope["mrope_interleaved"] = True
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": cfg.hidden,
+        "intermediate_size": cfg.intermediate,
+        "num_hidden_layers": cfg.layers,
+        "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "max_position_embeddings": 4096,
+        "rope_parameters": rope,
+        "bos_token_id": ids["bos_token_id"],
+        "eos_token_id": ids["eos_token_id"],
+        "pad_token_id": ids["pad_token_id"],
+    }
+    if cfg.arch in ("qwen3", "qwen3_vl"):
+        text["head_dim"] = head_dim
+    return text
+
+
+def _vision_config(cfg: TinyConfig) -> dict[str, Any]:
+    h, depth = cfg.vision_hidden, cfg.vision_layers
+    if cfg.arch == "qwen2_vl":
+        return {"depth": depth, "embed_dim": h, "hidden_size": cfg.hidden, "num_heads": 4}
+    if cfg.arch == "qwen2_5_vl":
+        return {
+            "depth": depth,
+            "hidden_size": h,
+            "intermediate_size": 2 * h,
+            "num_heads": 4,
+            "out_hidden_size": cfg.hidden,
+            "window_size": 112,
+            "fullatt_block_indexes": [depth - 1],
+        }
+    return {  # qwen3_vl
+        "depth": depth,
+        "hidden_size": h,
+        "intermediate_size": 2 * h,
+        "num_heads": 4,
+        "out_hidden_size": cfg.hidden,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [0],
+    }
+
+
+def build_model(cfg: TinyConfig, tok: Any) -> torch.nn.Module:
+    """A randomly initialised model of ``cfg.arch`` sized by ``cfg`` (seed it first)."""
+    import transformers as tf
+
+    ids = _token_ids(tok)
+    text = _text_config(cfg, len(tok), ids)
+    if not cfg.is_vision:
+        config_cls = tf.Qwen2Config if cfg.arch == "qwen2" else tf.Qwen3Config
+        model_cls = tf.Qwen2ForCausalLM if cfg.arch == "qwen2" else tf.Qwen3ForCausalLM
+        return model_cls(config_cls(**text, tie_word_embeddings=True))
+    config_cls, model_cls = {
+        "qwen2_vl": (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration),
+        "qwen2_5_vl": (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration),
+        "qwen3_vl": (tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration),
+    }[cfg.arch]
+    vision_ids = {k: v for k, v in ids.items() if k.startswith(("image", "video", "vision"))}
+    config = config_cls(
+        text_config=text,
+        vision_config=_vision_config(cfg),
+        tie_word_embeddings=True,  # top level (Qwen3-VL ignores it inside text_config)
+        **vision_ids,
+    )
+    return model_cls(config)
+
+
+def build_image_processor(cfg: TinyConfig) -> Any:
+    """Qwen's image processor capped at ``image_size**2`` pixels (few vision tokens)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    patch = 16 if cfg.arch == "qwen3_vl" else 14
+    unit = 2 * patch
+    side = max(unit, cfg.image_size // unit * unit)
+    return Qwen2VLImageProcessorPil(
+        size={"shortest_edge": unit * unit, "longest_edge": side * side},
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+
+
+# --- building and caching the embedded models
+
+BUILD_VERSION = 1  # bump when the builder changes what a config produces
+
+
+def task_rows(task: str, split: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows of the synthetic task (PIL images, no dataset round trip)."""
+    from mhpo_vl.data.synthetic import text_problems, vision_problems
+
+    if task == "vision":
+        return [row for _, row in vision_problems(split, n, seed)]
+    return list(text_problems(split, n, seed))
+
+
+def tokenizer_corpus(rows: list[dict[str, Any]]) -> list[str]:
+    """What the tiny BPE learns from: each row as the chat would show it, with its answer."""
+    from mhpo_vl.data.synthetic import target_text
+    from mhpo_vl.data.templates import TEMPLATES
+
+    plain = TEMPLATES.get("plain")
+    return [
+        f"system\n{DEFAULT_SYSTEM}\nuser\n{plain(r)}\nassistant\n{target_text(r)} {r['answer']}"
+        for r in rows
+    ]
+
+
+def build_embedded(cfg: TinyConfig, out_dir: str | Path, log: Any = None) -> dict[str, Any]:
+    """Build ``cfg``'s model, warm-start it, save model + processor to ``out_dir``.
+
+    Deterministic: everything random is seeded by ``cfg.seed`` inside a forked RNG, so
+    the caller's RNG state is untouched."""
+    from mhpo_vl.models.policy import Policy
+    from mhpo_vl.models.processors import IMAGE_ONLY_PROCESSORS
+    from mhpo_vl.models.warmstart import sft
+
+    start = time.perf_counter()
+    rows = task_rows(cfg.task, "train", max(cfg.sft_rows + cfg.sft_val_rows, cfg.bpe_rows))
+    tok = train_tokenizer(tokenizer_corpus(rows[: cfg.bpe_rows]), cfg.bpe_vocab)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, tok)
+        processor = tok
+        if cfg.is_vision:
+            processor = IMAGE_ONLY_PROCESSORS[cfg.arch](
+                image_processor=build_image_processor(cfg),
+                tokenizer=tok,
+                chat_template=CHAT_TEMPLATE,
+            )
+        policy = Policy(model=model, processor=processor, is_vision=cfg.is_vision, path="")
+        result = None
+        if cfg.sft_steps > 0:
+            result = sft(
+                policy,
+                rows[: cfg.sft_rows],
+                steps=cfg.sft_steps,
+                batch_size=cfg.sft_batch,
+                lr=cfg.sft_lr,
+                seed=cfg.seed,
+                val_rows=rows[cfg.sft_rows : cfg.sft_rows + cfg.sft_val_rows],
+                target_accuracy=cfg.sft_target,
+                eval_every=cfg.sft_eval_every,
+                log=log,
+            )
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    info = {
+        "config": dataclasses.asdict(cfg),
+        "build_version": BUILD_VERSION,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok),
+        "sft_steps_run": result.steps if result else 0,
+        "final_sft_loss": sum(result.losses[-10:]) / len(result.losses[-10:]) if result else None,
+        "val_accuracy": result.val_accuracy[-1][1] if result and result.val_accuracy else None,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    Path(out_dir, "build_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MHPO_VL_CACHE") or Path.home() / ".cache" / "mhpo_vl")
+
+
+def cache_dir(name: str, cfg: TinyConfig) -> Path:
+    blob = json.dumps([BUILD_VERSION, dataclasses.asdict(cfg)], sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache_root() / "embedded" / f"{name.partition('?')[0]}-{key}"
+
+
+def ensure_embedded(name: str, log: Any = None) -> Path:
+    """The cached directory of embedded model ``name``, built first if missing.
+
+    Built in a temporary directory and renamed into place, under a file lock, so
+    concurrent first uses build once and a crash never leaves a half-written model."""
+    cfg = parse_embedded(name)
+    final = cache_dir(name, cfg)
+    if (final / "build_info.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.with_suffix(".lock"), "w") as lock:
+        _flock(lock)
+        if (final / "build_info.json").exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            if log:
+                log(f"building embedded model {name!r} into {final} (once)")
+            build_embedded(cfg, tmp, log=log)
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover, if any
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _flock(f: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic rename still protects the cache
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
