@@ -296,6 +296,7 @@ def load_problems(
     if spec.size is not None:
         ds = ds.select(range(min(spec.size, len(ds))))
     mapping = _map_columns(list(ds.column_names), columns, key)
+    _drop_empty_image_column(ds, mapping, explicit="image" in columns)
     keep, dropped = _scan(ds, mapping, base_dir)
     total = len(ds)
     if dropped:
@@ -309,3 +310,16 @@ def load_problems(
     if not keep:
         raise UserError(f"{key} ({spec.source}): no usable rows out of {total}")
     return ProblemSet(ds, mapping, keep, spec.source, base_dir, min_pixels, max_pixels, dropped)
+
+
+def _drop_empty_image_column(ds: Any, mapping: dict[str, str], explicit: bool) -> None:
+    """A guessed image column with no image in any row means a text-only dataset."""
+    import datasets
+
+    col = mapping.get("image")
+    if col is None or explicit:
+        return
+    if isinstance(ds.features.get(col), datasets.Image):
+        ds = ds.cast_column(col, datasets.Image(decode=False))
+    if all(v is None for v in ds[col]):
+        del mapping["image"]
