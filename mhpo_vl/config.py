@@ -119,6 +119,11 @@ class TrainerConfig:
     minibatches: int = 1  # optimizer updates per epoch over the step's rollouts
     update_epochs: int = 1
     micro_batch_size: int | None = None  # sequences per forward (gradient accumulation)
+    # where the PPO ratio's old log-probs come from when several updates reuse a step's
+    # rollouts: "recompute" (a no-grad forward, as verl does; needed when the engine is
+    # not the policy itself, e.g. vLLM) or "rollout" (the engine's own sampling log-probs:
+    # exact for the hf engine, which samples from the policy's weights; saves a forward)
+    old_logprobs: str = "recompute"
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
     log_samples: int = 4  # rollouts written to samples.jsonl per step
@@ -356,6 +361,12 @@ def _check_ranges(recipe: Recipe) -> None:
             f"({t.prompts_per_step * r.group_size})"
         )
     _one_of("optim.scheduler", recipe.optim.scheduler, ("constant", "linear", "cosine"))
+    _one_of("trainer.old_logprobs", t.old_logprobs, ("recompute", "rollout"))
+    if t.old_logprobs == "rollout" and r.temperature != 1.0:
+        raise UserError(
+            "trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0 (the engine's "
+            f"log-probs are at the sampling temperature, {r.temperature}); use 'recompute'"
+        )
     _one_of("model.dtype", recipe.model.dtype, ("float32", "bfloat16", "float16"))
     if not 0 < r.top_p <= 1:
         raise UserError(f"rollout.top_p: must be in (0, 1], got {r.top_p}")

@@ -149,6 +149,7 @@ def setup(cfg: Recipe) -> Run:
         out.mkdir(parents=True, exist_ok=True)
     if acc.is_main_process:
         dump_recipe(cfg, out / "config.yaml")
+        log.info("training on %d process(es), device %s", acc.num_processes, acc.device)
     return run
 
 
@@ -300,6 +301,19 @@ def _logprobs_no_grad(model: Any, batch: RolloutBatch, micro: int | None) -> tor
     return torch.cat([token_logprobs(model, batch.select(c))[0] for c in chunks])
 
 
+def _old_logprobs(run: Run, batch: RolloutBatch, micro: int | None) -> torch.Tensor:
+    """The behaviour policy's log-probs of the sampled tokens: recomputed, or the ones the
+    engine recorded while sampling (``trainer.old_logprobs``)."""
+    if run.cfg.trainer.old_logprobs == "rollout":
+        if batch.sample_logprobs is None:
+            raise RuntimeError(
+                f"trainer.old_logprobs 'rollout': the {run.cfg.rollout.engine!r} engine "
+                "returned no sampling log-probs; use 'recompute'"
+            )
+        return batch.sample_logprobs.to(batch.response_mask.device)
+    return _logprobs_no_grad(run.model, batch, micro)
+
+
 def _global_sum(run: Run, value: float) -> float:
     if run.world == 1:
         return value
@@ -316,7 +330,7 @@ def update(run: Run, batch: RolloutBatch, advantages_B: torch.Tensor) -> dict[st
     micro = cfg.trainer.micro_batch_size
     n_updates = cfg.trainer.update_epochs * cfg.trainer.minibatches
     # Old log-probs only matter when a later update sees the same rollouts.
-    old_B = _logprobs_no_grad(run.model, batch, micro) if n_updates > 1 else None
+    old_B = _old_logprobs(run, batch, micro) if n_updates > 1 else None
     ref_B = _logprobs_no_grad(run.ref.model, batch, micro) if run.ref is not None else None
     params = [p for p in run.model.parameters() if p.requires_grad]
     acc_metrics: dict[str, list[float]] = {}

@@ -72,6 +72,12 @@ def test_overrides_are_yaml_values_at_dotted_keys():
         ),
         ({}, ["trainer.minibatches=3"], r"minibatches \(3\) must divide"),
         ({}, ["optim.scheduler=wsd"], r"optim.scheduler: unknown 'wsd'"),
+        ({}, ["trainer.old_logprobs=cached"], r"trainer.old_logprobs: unknown 'cached'"),
+        (
+            {},
+            ["trainer.old_logprobs=rollout", "rollout.temperature=0.7"],
+            r"trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0",
+        ),
         ({}, ["trainer.max_steps"], r"is not KEY=VALUE"),
         ({"model": "x"}, [], r"model: expected a mapping"),
         (

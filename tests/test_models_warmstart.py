@@ -14,7 +14,7 @@ from mhpo_vl.models.warmstart import accuracy
 
 @pytest.mark.slow
 def test_tiny_vl_warm_start_leaves_headroom():
-    """Above chance (~0.30) but far from what the model reaches (> 0.9 with more SFT).
+    """Well above chance (~0.30), well below what the model reaches (> 0.9 with more SFT).
 
     Uses the user's cache (as the first run does), so on a fresh machine (CI) this builds
     the embedded default once and the end-to-end tests reuse it."""
@@ -24,4 +24,4 @@ def test_tiny_vl_warm_start_leaves_headroom():
     policy = load_policy("embedded:tiny-vl")
     torch.manual_seed(0)
     acc = accuracy(policy, task_rows("vision", "test", 300))
-    assert 0.3 <= acc["overall"] <= 0.6, acc
+    assert 0.45 <= acc["overall"] <= 0.75, acc

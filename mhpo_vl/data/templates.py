@@ -12,7 +12,7 @@ letter or number).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mhpo_vl.registry import Registry
@@ -81,3 +81,17 @@ def build_messages(
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": content})
     return messages
+
+
+def build_prompts(
+    rows: Iterable[Mapping[str, Any]], template: str = "plain", system: str | None = None
+) -> list[dict[str, Any]]:
+    """Problem rows -> engine prompts (``messages`` plus the row's ``images``): what the
+    trainer's rollouts and the eval runner both hand to a rollout engine."""
+    return [
+        {
+            "messages": build_messages(row, template, system),
+            "images": [row["image"]] if row.get("image") is not None else [],
+        }
+        for row in rows
+    ]

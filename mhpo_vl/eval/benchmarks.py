@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mhpo_vl.data.templates import TEMPLATES
-from mhpo_vl.eval.mathvista import BREAKDOWN_KEYS, build_query
+from mhpo_vl.eval.mathvista import BREAKDOWN_KEYS, GOLD_FIELDS, build_query
 from mhpo_vl.registry import Registry
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -114,18 +114,7 @@ def _choice_row(rid: Any, question: str, answer: str, choices: list[str] | None)
 
 def mathvista_row(rec: Mapping[str, Any], split: str) -> Row:
     """MathVista as is: it defines the schema (answer = choice text)."""
-    keys = (
-        "question",
-        "choices",
-        "unit",
-        "precision",
-        "answer",
-        "question_type",
-        "answer_type",
-        "metadata",
-        "query",
-    )
-    row = {k: rec.get(k) for k in keys}
+    row = {k: rec.get(k) for k in (*GOLD_FIELDS, "query") if k not in ("image", "pid")}
     row["id"] = _str(rec.get("pid"))
     row["pid"] = row["id"]
     row["choices"] = list(rec["choices"]) if rec.get("choices") else None

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.data.templates import build_messages
+from mhpo_vl.data.templates import build_prompts
 from mhpo_vl.eval import metrics
 from mhpo_vl.eval.benchmarks import BENCHMARKS, Benchmark, Row
 from mhpo_vl.rewards import judge, load_reward
@@ -25,17 +25,6 @@ from mhpo_vl.rewards.extract import clean
 from mhpo_vl.rewards.verifiers import answer_span
 
 GenerateFn = Callable[[list[dict[str, Any]], int], Sequence[str]]
-
-
-def build_prompts(rows: Sequence[Row], template: str, system: str | None = None) -> list[dict]:
-    """Engine prompts: chat messages from the template, plus the row's image."""
-    return [
-        {
-            "messages": build_messages(row, template, system),
-            "images": [row["image"]] if row.get("image") is not None else [],
-        }
-        for row in rows
-    ]
 
 
 def score_response(response: str, row: Mapping[str, Any], scorer: str) -> tuple[str | None, float]:

@@ -101,7 +101,7 @@ class TinyConfig:
     bpe_vocab: int = 384  # byte-level BPE size before the special tokens
     bpe_rows: int = 2000  # train rows whose text trains the BPE
     sft_steps: int = 600  # at most; stops earlier once validation accuracy hits the target
-    sft_target: float = 0.38  # greedy accuracy on sft_val_rows train rows; 0 = run all steps
+    sft_target: float = 0.6  # greedy accuracy on sft_val_rows train rows; 0 = run all steps
     sft_eval_every: int = 10
     sft_val_rows: int = 200
     sft_batch: int = 32

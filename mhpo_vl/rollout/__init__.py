@@ -7,29 +7,15 @@ runs anywhere; ``vllm`` is imported only when asked for (GPU, optional extra).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mhpo_vl.data.templates import build_messages
+from mhpo_vl.data.templates import build_prompts
 from mhpo_vl.registry import Registry
 from mhpo_vl.rollout.batch import RolloutBatch, SamplingParams
 from mhpo_vl.rollout.hf import HFEngine
 
 ENGINES: Registry[Any] = Registry("rollout engine")
 ENGINES.register("hf", HFEngine)
-
-
-def build_prompts(
-    rows: Iterable[Mapping[str, Any]], template: str = "plain", system: str | None = None
-) -> list[dict[str, Any]]:
-    """Problem rows -> engine prompts: chat messages from the template, plus the image."""
-    return [
-        {
-            "messages": build_messages(row, template, system),
-            "images": [row["image"]] if row.get("image") is not None else [],
-        }
-        for row in rows
-    ]
 
 
 __all__ = ["ENGINES", "HFEngine", "RolloutBatch", "SamplingParams", "build_prompts"]
