@@ -321,56 +321,81 @@ def _global_sum(run: Run, value: float) -> float:
     return float(run.accelerator.reduce(t, reduction="sum").item())
 
 
+@dataclass
+class _UpdateInputs:
+    """What every minibatch of one step's update reads: the rollouts, their advantages
+    [B], and the old / reference log-probs [B, T] (None when unused)."""
+
+    batch: RolloutBatch
+    advantages_B: torch.Tensor
+    old_B: torch.Tensor | None
+    ref_B: torch.Tensor | None
+
+
 def update(run: Run, batch: RolloutBatch, advantages_B: torch.Tensor) -> dict[str, float]:
     """``update_epochs`` x ``minibatches`` optimizer steps over the step's rollouts."""
-    cfg, acc = run.cfg, run.accelerator
-    loss_cfg = dict(cfg.algorithm.loss)
-    name = loss_cfg.pop("name")
+    t = run.cfg.trainer
     B = batch.response_mask.shape[0]
-    micro = cfg.trainer.micro_batch_size
-    n_updates = cfg.trainer.update_epochs * cfg.trainer.minibatches
     # Old log-probs only matter when a later update sees the same rollouts.
-    old_B = _old_logprobs(run, batch, micro) if n_updates > 1 else None
-    ref_B = _logprobs_no_grad(run.ref.model, batch, micro) if run.ref is not None else None
+    old_B = (
+        _old_logprobs(run, batch, t.micro_batch_size)
+        if t.update_epochs * t.minibatches > 1
+        else None
+    )
+    ref_B = (
+        _logprobs_no_grad(run.ref.model, batch, t.micro_batch_size) if run.ref is not None else None
+    )
+    inputs = _UpdateInputs(batch, advantages_B, old_B, ref_B)
     params = [p for p in run.model.parameters() if p.requires_grad]
     acc_metrics: dict[str, list[float]] = {}
-    for _ in range(cfg.trainer.update_epochs):
-        order = torch.randperm(B) if cfg.trainer.minibatches > 1 else torch.arange(B)
+    for _ in range(t.update_epochs):
+        order = torch.randperm(B) if t.minibatches > 1 else torch.arange(B)
         # exactly `minibatches` optimizer steps (fewer only if B is smaller), even when
         # dynamic sampling kept a number of groups that does not divide evenly
-        for mb_t in torch.tensor_split(order, min(cfg.trainer.minibatches, B)):
-            mb = mb_t.tolist()
-            # Counts of the whole minibatch across processes, divided by the world size
-            # because DDP averages (not sums) the processes' gradients.
-            n_tok = _global_sum(run, float(batch.response_mask[mb].sum())) / run.world
-            n_seq = _global_sum(run, float(len(mb))) / run.world
-            chunks = _micro_chunks(mb, micro)
-            for i, idx in enumerate(chunks):
-                sub = batch.select(idx)
-                sync = contextlib.nullcontext() if i == len(chunks) - 1 else acc.no_sync(run.model)
-                with sync:
-                    logp, ent = token_logprobs(run.model, sub, with_entropy=True)
-                    out = algorithms.policy_loss(
-                        name, logp,
-                        old_B[idx] if old_B is not None else logp.detach(),
-                        advantages_B[idx], sub.response_mask,
-                        agg=cfg.algorithm.agg,
-                        ref_logprobs=ref_B[idx] if ref_B is not None else None,
-                        kl_coef=cfg.algorithm.kl_coef, kl_estimator=cfg.algorithm.kl_estimator,
-                        num_tokens=n_tok, num_seqs=n_seq, max_len=cfg.rollout.max_new_tokens,
-                        **loss_cfg,
-                    )  # fmt: skip
-                    acc.backward(out.loss)
-                mask = sub.response_mask
-                metrics = dict(out.metrics, loss=float(out.loss.detach()))
-                metrics["entropy"] = float((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
-                for k, v in metrics.items():
-                    acc_metrics.setdefault(k, []).append(v)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+        for mb in torch.tensor_split(order, min(t.minibatches, B)):
+            for k, v in _accumulate_minibatch(run, inputs, mb.tolist()).items():
+                acc_metrics.setdefault(k, []).extend(v)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.optim.max_grad_norm)
             acc_metrics.setdefault("grad_norm", []).append(float(grad_norm))
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
     return _summarize(acc_metrics)
+
+
+def _accumulate_minibatch(run: Run, inputs: _UpdateInputs, mb: list[int]) -> dict[str, list[float]]:
+    """Backward of the policy loss over one minibatch, micro-batch by micro-batch
+    (gradients accumulate; DDP syncs on the last); the micro-batches' metrics."""
+    cfg, acc, batch = run.cfg, run.accelerator, inputs.batch
+    loss_cfg = dict(cfg.algorithm.loss)
+    name = loss_cfg.pop("name")
+    # Counts of the whole minibatch across processes, divided by the world size
+    # because DDP averages (not sums) the processes' gradients.
+    n_tok = _global_sum(run, float(batch.response_mask[mb].sum())) / run.world
+    n_seq = _global_sum(run, float(len(mb))) / run.world
+    chunks = _micro_chunks(mb, cfg.trainer.micro_batch_size)
+    metrics: dict[str, list[float]] = {}
+    for i, idx in enumerate(chunks):
+        sub = batch.select(idx)
+        sync = contextlib.nullcontext() if i == len(chunks) - 1 else acc.no_sync(run.model)
+        with sync:
+            logp, ent = token_logprobs(run.model, sub, with_entropy=True)
+            out = algorithms.policy_loss(
+                name, logp,
+                inputs.old_B[idx] if inputs.old_B is not None else logp.detach(),
+                inputs.advantages_B[idx], sub.response_mask,
+                agg=cfg.algorithm.agg,
+                ref_logprobs=inputs.ref_B[idx] if inputs.ref_B is not None else None,
+                kl_coef=cfg.algorithm.kl_coef, kl_estimator=cfg.algorithm.kl_estimator,
+                num_tokens=n_tok, num_seqs=n_seq, max_len=cfg.rollout.max_new_tokens,
+                **loss_cfg,
+            )  # fmt: skip
+            acc.backward(out.loss)
+        mask = sub.response_mask
+        values = dict(out.metrics, loss=float(out.loss.detach()))
+        values["entropy"] = float((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
+        for k, v in values.items():
+            metrics.setdefault(k, []).append(v)
+    return metrics
 
 
 def _summarize(values: dict[str, list[float]]) -> dict[str, float]:
@@ -531,22 +556,29 @@ def evaluate(run: Run) -> dict[str, float]:
             result = run_benchmark(
                 generate, bench, rows, 1, system=cfg.data.system_prompt, batch_size=e.batch_size
             )
-            sums: dict[str, list[float]] = {prefix: [0.0, 0.0]}
-            for row, prob in zip(rows, result["problems"], strict=True):
-                for key in [prefix] + ([f"{prefix}/{row['task']}"] if row.get("task") else []):
-                    acc = sums.setdefault(key, [0.0, 0.0])
-                    acc[0] += prob["scores"][0]
-                    acc[1] += 1
-            totals: dict[str, list[float]] = {}
-            for item in _gather_dicts(run, sums):
-                for key, (correct, count) in item.items():
-                    acc = totals.setdefault(key, [0.0, 0.0])
-                    acc[0] += correct
-                    acc[1] += count
-            for key, (correct, count) in sorted(totals.items()):
-                metrics[key] = correct / max(count, 1.0)
+            metrics.update(_suite_accuracy(run, prefix, rows, result["problems"]))
     metrics["time/eval"] = time.perf_counter() - t0
     return metrics
+
+
+def _suite_accuracy(
+    run: Run, prefix: str, rows: list[dict], problems: list[dict]
+) -> dict[str, float]:
+    """Accuracy under ``prefix`` and per task (``prefix/<task>``), from every process's
+    (correct, count) sums: exact whatever share of the rows each process scored."""
+    sums: dict[str, list[float]] = {prefix: [0.0, 0.0]}
+    for row, prob in zip(rows, problems, strict=True):
+        for key in [prefix] + ([f"{prefix}/{row['task']}"] if row.get("task") else []):
+            acc = sums.setdefault(key, [0.0, 0.0])
+            acc[0] += prob["scores"][0]
+            acc[1] += 1
+    totals: dict[str, list[float]] = {}
+    for item in _gather_dicts(run, sums):
+        for key, (correct, count) in item.items():
+            acc = totals.setdefault(key, [0.0, 0.0])
+            acc[0] += correct
+            acc[1] += count
+    return {key: correct / max(count, 1.0) for key, (correct, count) in sorted(totals.items())}
 
 
 # ----------------------------------------------------------------------------- the loop
