@@ -1,7 +1,7 @@
 """``mhpo-vl plot RUN_DIR``: PNG curves from ``metrics.jsonl``.
 
 One PNG per panel, written to ``RUN_DIR/plots/``: reward (mean and each part),
-held-out accuracy, pre-clip gradient norm, importance-ratio range (min/mean/max),
+held-out accuracy (overall and every ``eval/*`` breakdown), pre-clip gradient norm, importance-ratio range (min/mean/max),
 token entropy, response length. Panels whose metrics a run did not log are skipped.
 """
 
@@ -14,7 +14,7 @@ from mhpo_vl.tracking import read_metrics
 # panel name -> (title, metric prefixes or names, y label)
 PANELS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "reward": ("Training reward", ("reward/",), "reward"),
-    "accuracy": ("Held-out accuracy", ("eval/accuracy",), "accuracy"),
+    "accuracy": ("Held-out accuracy (overall, per task, per benchmark)", ("eval/",), "accuracy"),
     "grad_norm": ("Gradient norm (before clipping)", ("grad_norm",), "norm"),
     "ratio": ("Importance ratio r", ("ratio_min", "ratio_mean", "ratio_max"), "r"),
     "entropy": ("Token entropy", ("entropy",), "nats"),
@@ -59,7 +59,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for key in keys:
             xs, ys = _series(records, key)
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=key)
+            headline = key in ("eval/accuracy", "reward/mean")
+            marker = "o" if len(xs) < 30 else None
+            ax.plot(xs, ys, marker=marker, ms=3, lw=2.4 if headline else 1.2, label=key)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
         if name == "ratio":
             ax.set_yscale("log")

@@ -77,6 +77,20 @@ def test_plot_writes_a_png_per_logged_panel(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
+def test_accuracy_panel_takes_every_eval_breakdown_and_nothing_else():
+    from mhpo_vl.plotting import PANELS, _keys_for
+
+    records = [
+        {"step": 0, "eval/accuracy": 0.5, "eval/accuracy/count_all": 0.4, "time/eval": 2.0},
+        {"step": 5, "eval/mathvista_testmini/accuracy": 0.3, "reward/mean": 0.1},
+    ]
+    assert _keys_for(records, PANELS["accuracy"][1]) == [
+        "eval/accuracy",
+        "eval/accuracy/count_all",
+        "eval/mathvista_testmini/accuracy",
+    ]
+
+
 def test_plot_on_a_folder_without_metrics_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         plot_run(tmp_path)
