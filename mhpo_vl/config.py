@@ -367,7 +367,9 @@ def _check_ranges(recipe: Recipe) -> None:
             "trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0 (the engine's "
             f"log-probs are at the sampling temperature, {r.temperature}); use 'recompute'"
         )
-    _one_of("model.dtype", recipe.model.dtype, ("float32", "bfloat16", "float16"))
+    from mhpo_vl.models.policy import DTYPES
+
+    _one_of("model.dtype", recipe.model.dtype, tuple(DTYPES))
     if not 0 < r.top_p <= 1:
         raise UserError(f"rollout.top_p: must be in (0, 1], got {r.top_p}")
 

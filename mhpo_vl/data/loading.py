@@ -319,7 +319,10 @@ def _drop_empty_image_column(ds: Any, mapping: dict[str, str], explicit: bool) -
     col = mapping.get("image")
     if col is None or explicit:
         return
-    if isinstance(ds.features.get(col), datasets.Image):
-        ds = ds.cast_column(col, datasets.Image(decode=False))
-    if all(v is None for v in ds[col]):
+    view = ds.select_columns([col])
+    if isinstance(view.features[col], datasets.Image):
+        view = view.cast_column(col, datasets.Image(decode=False))
+    # row by row, stopping at the first image: an image dataset costs one row, not a
+    # read of every image's bytes
+    if all(row[col] is None for row in view):
         del mapping["image"]
