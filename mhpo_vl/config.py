@@ -26,7 +26,10 @@ class ModelConfig:
     """The policy: an HF path or hub id, or an embedded tiny model (``embedded:tiny-vl``)."""
 
     path: str = "embedded:tiny-vl"
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype (autocast); parameters follow master_dtype
+    # parameters and optimizer state; "float32" keeps master weights exact under a bf16/fp16
+    # compute dtype. Equal to `dtype` means pure low precision (warned at start).
+    master_dtype: str = "float32"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     freeze_vision: bool = False
@@ -51,6 +54,10 @@ class DataConfig:
     system_prompt: str | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    # images with more source pixels than this are rejected (counted, named) before decoding
+    max_image_pixels: int = 64_000_000
+    # stop when more than this fraction of a split's rows are bad (dropped rows counted)
+    max_bad_frac: float = 0.1
 
 
 @dataclass
@@ -131,6 +138,10 @@ class TrainerConfig:
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
     tensorboard: bool = True
     progress_bar: bool = True
+    # a step whose loss or gradient norm is not finite is skipped; this many in a row stop
+    max_consecutive_skips: int = 3
+    # stop when at least this fraction of a step's reward calls fail (1.0: all of them)
+    max_reward_fail_frac: float = 1.0
 
 
 @dataclass
