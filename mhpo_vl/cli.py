@@ -1,7 +1,9 @@
 """The ``mhpo-vl`` command: parses arguments and calls into the package, nothing else.
 
-User mistakes (:class:`~mhpo_vl.errors.UserError`, unknown names, missing files)
-print one line and exit with code 2. Set ``MHPO_VL_DEBUG=1`` for full tracebacks.
+User mistakes (:class:`~mhpo_vl.errors.UserError`: unknown keys or names, values out
+of range, missing files, unwritable output directories) print one line on stderr and
+exit with code 2, from ``validate`` and ``train`` alike. Set ``MHPO_VL_DEBUG=1`` for
+full tracebacks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ examples:
   mhpo-vl train recipes/tiny/mhpo.yaml                      # the embedded default, CPU
   mhpo-vl train recipes/tiny/mhpo.yaml trainer.max_steps=4 trainer.output_dir=runs/try
   mhpo-vl validate recipes/tiny/*.yaml                       # check recipes without running
+  mhpo-vl validate recipes/tiny/mhpo.yaml optim.lr=5e-5      # ... with overrides
   mhpo-vl plot runs/tiny_mhpo                                # PNG curves from metrics.jsonl
   mhpo-vl eval score mathvista output.json --out-dir scored  # MathVista-compatible scoring
 """
@@ -24,18 +27,28 @@ examples:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mhpo_vl.config import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)  # a bad recipe fails before the imports
     from mhpo_vl.trainer import train
 
-    cfg = load_recipe(args.recipe, args.overrides)
     train(cfg)
     return 0
+
+
+def _is_override(arg: str) -> bool:
+    """``KEY=VALUE`` rather than a recipe path (a file whose name has ``=`` stays a path)."""
+    return "=" in arg and not os.path.exists(arg)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from mhpo_vl.config import validate_recipe
 
-    for path in args.recipes:
-        validate_recipe(path, args.overrides)
+    recipes = [a for a in args.recipes if not _is_override(a)]
+    overrides = [a for a in args.recipes if _is_override(a)] + args.overrides
+    if not recipes:
+        raise UserError("validate: no recipe given (mhpo-vl validate RECIPE [KEY=VALUE ...])")
+    for path in recipes:
+        validate_recipe(path, overrides)
         print(f"ok  {path}")
     return 0
 
@@ -73,10 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="check recipes (keys, types, names, files) without running them",
-        description="Load and validate each recipe; print 'ok  PATH' or one line naming "
-        "the problem (exit code 2). Overrides apply to every recipe.",
+        description="Load and validate each recipe (keys, types, names, value ranges, "
+        "files, that trainer.output_dir can be written); print 'ok  PATH' or one line "
+        "naming the problem (exit code 2). KEY=VALUE arguments (or --set) override recipe "
+        "keys in every recipe, as for train.",
     )
-    p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p.add_argument(
+        "recipes",
+        nargs="+",
+        metavar="RECIPE|KEY=VALUE",
+        help="recipe paths, and KEY=VALUE overrides applied to each of them",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -102,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -110,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:
         if os.environ.get("MHPO_VL_DEBUG"):
             raise
-        print(f"mhpo-vl: error: {exc}", file=sys.stderr)
+        print(f"mhpo-vl: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mhpo-vl: interrupted", file=sys.stderr)

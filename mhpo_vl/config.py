@@ -5,13 +5,22 @@ wrong types and unknown names (loss, advantage, reward, template, engine, datase
 fail with a :class:`~mhpo_vl.errors.UserError` naming the dotted key. Overrides use
 dotted keys and YAML values: ``trainer.max_steps=10``, ``algorithm.loss.c=2.0``,
 ``rewards=[{name: accuracy, weight: 1.0}]``.
+
+Values are checked against :data:`CHECKS`, one table from dotted key to its valid
+range or names, then against the few rules that relate two keys (:data:`CROSS_RULES`);
+every failure is one line, ``<dotted key>: must be <range>, got <value>``. Recipe files
+and override values are read by :class:`BoundedLoader`: at most 1 MiB, no YAML anchors
+or aliases, nesting at most 32 deep.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +178,289 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# ---------------------------------------------------------------- valid values, as a table
+#
+# Every numeric field of the sections above has one entry in CHECKS (a test keeps it
+# that way), and so do the names with a fixed list; names looked up in a registry (loss,
+# engine, template, ...) are checked by check_names. Types come from the annotations
+# (``_coerce``); the table says which values of that type can work. Keys are dotted paths into :class:`Recipe`;
+# ``name[]`` checks every item of a list; a section that is ``None`` (``data.eval``)
+# is skipped. Rules that relate two fields are the small functions in CROSS_RULES.
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A finite number within ``low``/``high`` (closed ends unless ``*_open``); with
+    ``none_ok``, ``None`` (the field's "off" or "automatic" value) is valid too."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    none_ok: bool = False
+
+    def bounds(self) -> str:
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_fmt(lo)}, {_fmt(hi)}{right}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '>='} {_fmt(lo)}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '<='} {_fmt(hi)}"
+        return ""
+
+    def describe(self) -> str:
+        text = self.bounds() or "a finite number"
+        return f"None or {text}" if self.none_ok else text
+
+    def _within(self, x: float) -> bool:
+        lo, hi = self.low, self.high
+        above = lo is None or (x > lo if self.low_open else x >= lo)
+        below = hi is None or (x < hi if self.high_open else x <= hi)
+        return above and below
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and self.none_ok:
+            return None
+        if not _is_number(value) or not math.isfinite(value):
+            return f"must be a finite number {self.bounds()}".rstrip() + f", got {value!r}"
+        if not self._within(value):
+            return f"must be {self.describe()}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few names; ``choices`` may be a function (a lazy import)."""
+
+    choices: tuple[str, ...] | Callable[[], Iterable[str]]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.names())
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def problem(self, value: Any) -> str | None:
+        names = self.names()
+        return None if value in names else f"unknown {value!r}; valid: {', '.join(names)}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """A list with at least ``low`` (and at most ``high``) items."""
+
+    low: int
+    high: int | None = None
+
+    def describe(self) -> str:
+        if self.high == self.low:
+            return f"exactly {self.low} values"
+        return f"at least {self.low} entr{'y' if self.low == 1 else 'ies'}" + (
+            f" and at most {self.high}" if self.high is not None else ""
+        )
+
+    def problem(self, value: Any) -> str | None:
+        n = len(value)
+        if n < self.low or (self.high is not None and n > self.high):
+            return f"must list {self.describe()}, got {value!r}"
+        return None
+
+
+Check = Range | OneOf | Length
+
+
+def _dtype_names() -> Iterable[str]:
+    from mhpo_vl.models.policy import DTYPES  # lazy: torch is heavy
+
+    return DTYPES
+
+
+def at_least(low: float, *, none_ok: bool = False) -> Range:
+    return Range(low=low, none_ok=none_ok)
+
+
+def above(low: float) -> Range:
+    return Range(low=low, low_open=True)
+
+
+SEED = Range(0, 2**32 - 1)
+FRACTION = Range(0, 1)
+COUNT = at_least(1)
+OPTIONAL_COUNT = at_least(1, none_ok=True)
+
+CHECKS: dict[str, Check] = {
+    "seed": SEED,
+    "model.dtype": OneOf(_dtype_names),
+    "model.master_dtype": OneOf(_dtype_names),
+    "data.train.size": OPTIONAL_COUNT,
+    "data.train.seed": SEED,
+    "data.eval.size": OPTIONAL_COUNT,
+    "data.eval.seed": SEED,
+    "data.min_pixels": OPTIONAL_COUNT,
+    "data.max_pixels": OPTIONAL_COUNT,
+    "data.max_image_pixels": COUNT,
+    "data.max_bad_frac": FRACTION,
+    # advantages compare a response with the rest of its group: G = 1 has no baseline
+    "rollout.group_size": at_least(2),
+    "rollout.max_new_tokens": COUNT,
+    # 0 is greedy decoding: every response of a group is the same, so every advantage is 0
+    "rollout.temperature": above(0),
+    "rollout.top_p": Range(0, 1, low_open=True),
+    "rollout.top_k": at_least(0),  # 0: off
+    "rollout.batch_size": OPTIONAL_COUNT,
+    "rewards": Length(1),
+    "rewards[].weight": Range(),  # negative weights are penalties
+    "algorithm.kl_coef": at_least(0),
+    "algorithm.dynamic_sampling.max_tries": COUNT,
+    "algorithm.overlong.buffer": COUNT,
+    "algorithm.overlong.factor": at_least(0),
+    "optim.lr": above(0),
+    "optim.weight_decay": at_least(0),
+    "optim.betas": Length(2, 2),
+    "optim.betas[]": Range(0, 1, high_open=True),
+    "optim.eps": above(0),
+    "optim.max_grad_norm": above(0),
+    "optim.scheduler": OneOf(("constant", "linear", "cosine")),
+    "optim.warmup_steps": at_least(0),
+    "trainer.max_steps": COUNT,
+    "trainer.prompts_per_step": COUNT,
+    "trainer.minibatches": COUNT,
+    "trainer.update_epochs": COUNT,
+    "trainer.micro_batch_size": OPTIONAL_COUNT,
+    "trainer.old_logprobs": OneOf(("recompute", "rollout")),
+    "trainer.save_every": at_least(0),  # 0: only at the end
+    "trainer.keep_last": COUNT,
+    "trainer.log_samples": at_least(0),
+    "trainer.num_threads": OPTIONAL_COUNT,
+    "trainer.max_consecutive_skips": COUNT,
+    "trainer.max_reward_fail_frac": Range(0, 1, low_open=True),
+    "eval.every": at_least(0),  # 0: only at the start and end
+    "eval.size": OPTIONAL_COUNT,
+    "eval.temperature": at_least(0),  # 0: greedy
+    "eval.max_new_tokens": OPTIONAL_COUNT,
+    "eval.batch_size": COUNT,
+}
+"""Dotted key -> its valid values; ``mhpo-vl validate`` applies every entry."""
+
+
+def lookup(recipe: Recipe, dotted: str) -> list[tuple[str, Any]]:
+    """``(concrete key, value)`` for a CHECKS key: ``rewards[].weight`` gives one pair per
+    reward, and a ``None`` section on the way (``data.eval``) gives none."""
+    items: list[tuple[str, Any]] = [("", recipe)]
+    for part in dotted.split("."):
+        name, each = part.removesuffix("[]"), part.endswith("[]")
+        found = []
+        for prefix, node in items:
+            if node is None:
+                continue
+            key, value = f"{prefix}.{name}" if prefix else name, getattr(node, name)
+            found.extend(
+                ((f"{key}[{i}]", v) for i, v in enumerate(value)) if each else [(key, value)]
+            )
+        items = found
+    return items
+
+
+def check_values(recipe: Recipe) -> None:
+    """Apply :data:`CHECKS`; the first bad value is a one-line ``UserError`` naming it."""
+    for dotted, check in CHECKS.items():
+        for key, value in lookup(recipe, dotted):
+            problem = check.problem(value)
+            if problem:
+                raise UserError(f"{key}: {problem}")
+
+
+def _minibatches_divide_the_batch(recipe: Recipe) -> str | None:
+    t, n = recipe.trainer, recipe.trainer.prompts_per_step * recipe.rollout.group_size
+    if n % t.minibatches:
+        return (
+            f"trainer.minibatches ({t.minibatches}) must divide prompts_per_step * group_size ({n})"
+        )
+    return None
+
+
+def _rollout_logprobs_need_temperature_1(recipe: Recipe) -> str | None:
+    temperature = recipe.rollout.temperature
+    if recipe.trainer.old_logprobs == "rollout" and temperature != 1.0:
+        return (
+            "trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0 (the engine's "
+            f"log-probs are at the sampling temperature, {temperature}); use 'recompute'"
+        )
+    return None
+
+
+def _overlong_buffer_fits(recipe: Recipe) -> str | None:
+    ov, max_new = recipe.algorithm.overlong, recipe.rollout.max_new_tokens
+    if ov.enabled and ov.buffer >= max_new:
+        return (
+            f"algorithm.overlong.buffer: must be < rollout.max_new_tokens ({max_new}), "
+            f"got {ov.buffer}"
+        )
+    return None
+
+
+def _pixel_bounds_ordered(recipe: Recipe) -> str | None:
+    lo, hi = recipe.data.min_pixels, recipe.data.max_pixels
+    if lo is not None and hi is not None and lo > hi:
+        return f"data.min_pixels: must be <= data.max_pixels ({hi}), got {lo}"
+    return None
+
+
+def _some_reward_counts(recipe: Recipe) -> str | None:
+    if all(spec.weight == 0 for spec in recipe.rewards):
+        return "rewards: every weight is 0, so every advantage would be 0; give one a weight"
+    return None
+
+
+CROSS_RULES: tuple[Callable[[Recipe], str | None], ...] = (
+    _minibatches_divide_the_batch,
+    _rollout_logprobs_need_temperature_1,
+    _overlong_buffer_fits,
+    _pixel_bounds_ordered,
+    _some_reward_counts,
+)
+"""Rules relating two fields; each returns its one-line error or None."""
+
+
+def check_cross_rules(recipe: Recipe) -> None:
+    for rule in CROSS_RULES:
+        problem = rule(recipe)
+        if problem:
+            raise UserError(problem)
+
+
+def check_output_dir(path: str, key: str = "trainer.output_dir") -> None:
+    """Fail unless ``path`` is, or can be created as, a writable directory. Creates
+    nothing: walks up to the nearest existing ancestor and checks it."""
+    probe = Path(os.path.abspath(path))
+    while not _exists(probe):
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "" if probe == Path(os.path.abspath(path)) else f" ({probe} is a file)"
+        raise UserError(f"{key}: must be a directory, got {path!r}{where}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{key}: must be a writable directory, got {path!r} ({probe} is not writable)"
+        )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists() or path == path.parent
+    except OSError:  # e.g. a parent we may not search: treat as missing, go up
+        return False
+
+
 # ---------------------------------------------------------------- building typed objects
 
 
@@ -239,6 +531,66 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# ---------------------------------------------------------------- reading YAML, bounded
+
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe or override larger than this (1 MiB) is refused before parsing."""
+MAX_YAML_DEPTH = 32
+"""Mappings and lists nested deeper than this are refused (recipes use about 4)."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases and deep nesting.
+
+    A recipe has no use for ``&name`` / ``*name`` (or ``<<: *name``), and aliases are how
+    a few hundred bytes expand to gigabytes (the "billion laughs"); they are refused at
+    the first one, before anything is expanded.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise UserError(
+                f"line {line}: YAML anchors and aliases (&name, *name, <<: *name) are not "
+                "allowed in a recipe; write the values out"
+            )
+        if self._depth >= MAX_YAML_DEPTH:
+            raise UserError(f"line {line}: nested deeper than {MAX_YAML_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document with :class:`BoundedLoader`; every failure is a one-line
+    ``UserError``."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise UserError(f"{len(text)} characters is over the limit of {MAX_RECIPE_BYTES}")
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except UserError:  # refused by BoundedLoader: already one line
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise UserError(f"not valid YAML: {where}{exc.problem or exc.context}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an int of 5000 digits
+        raise UserError(f"not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------- overrides, files, checks
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -260,23 +612,31 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip():
             raise UserError(f"override {item!r} is not KEY=VALUE (e.g. trainer.max_steps=10)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as exc:
-            raise UserError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            value = load_yaml(raw) if raw.strip() else ""
+        except UserError as exc:
+            raise UserError(f"override {key.strip()!r}: {exc}") from None
         out.append((key.strip(), value))
     return out
 
 
 def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    """The recipe file's mapping (at most :data:`MAX_RECIPE_BYTES`, no aliases)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"recipe file not found: {path}")
+        raise UserError("recipe file not found")
+    with path.open("rb") as f:
+        data = f.read(MAX_RECIPE_BYTES + 1)
+    if len(data) > MAX_RECIPE_BYTES:
+        raise UserError(f"recipe is larger than {MAX_RECIPE_BYTES} bytes (1 MiB)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"recipe is not UTF-8 text (byte {exc.start})") from None
+    tree = load_yaml(text)
+    if tree is None or tree == {}:
+        raise UserError("recipe is empty; start from one in recipes/tiny/")
     if not isinstance(tree, dict):
-        raise UserError(f"{path}: a recipe must be a YAML mapping, got {type(tree).__name__}")
+        raise UserError(f"a recipe must be a YAML mapping, got {type(tree).__name__}")
     return tree
 
 
@@ -286,7 +646,7 @@ def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
     recipe = _build(Recipe, tree, "")
-    check_names(recipe)
+    check_recipe(recipe)
     return recipe
 
 
@@ -301,18 +661,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 validate_recipe = load_recipe
 
 
+def check_recipe(recipe: Recipe) -> None:
+    """Everything ``mhpo-vl validate`` checks, cheapest first: the value table, registered
+    names and the loss's parameters, the cross-field rules, the output directory."""
+    check_values(recipe)
+    check_names(recipe)
+    check_cross_rules(recipe)
+    check_output_dir(recipe.trainer.output_dir)
+
+
 def check_names(recipe: Recipe) -> None:
     """Check every registered name the recipe uses, and the loss's parameters."""
     from mhpo_vl import algorithms, rewards
     from mhpo_vl.data import check_dataset_spec
     from mhpo_vl.data.templates import TEMPLATES
+    from mhpo_vl.eval.benchmarks import BENCHMARKS
     from mhpo_vl.rollout import ENGINES
 
-    loss = dict(recipe.algorithm.loss)
-    if "name" not in loss:
+    if "name" not in recipe.algorithm.loss:
         raise UserError("algorithm.loss.name is missing (e.g. mhpo, grpo, dapo)")
-    _named("algorithm.loss.name", loss.pop("name"), algorithms.POLICY_LOSSES)
-    _check_loss_params(recipe.algorithm.loss["name"], loss)
+    _named("algorithm.loss.name", recipe.algorithm.loss["name"], algorithms.POLICY_LOSSES)
+    recipe.algorithm.loss = check_loss(recipe.algorithm.loss)
     _named("algorithm.advantage", recipe.algorithm.advantage, algorithms.ADVANTAGES)
     if recipe.algorithm.agg is not None:
         _one_of("algorithm.agg", recipe.algorithm.agg, algorithms.AGGREGATIONS)
@@ -324,14 +693,11 @@ def check_names(recipe: Recipe) -> None:
             rewards.load_reward(spec.name)
         except UserError as exc:
             raise UserError(f"rewards[{i}].name: {exc}") from None
-    from mhpo_vl.eval.benchmarks import BENCHMARKS
-
     for i, name in enumerate(recipe.eval.benchmarks):
         _named(f"eval.benchmarks[{i}]", name, BENCHMARKS)
     check_dataset_spec(recipe.data.train, "data.train")
     if recipe.data.eval is not None:
         check_dataset_spec(recipe.data.eval, "data.eval")
-    _check_ranges(recipe)
 
 
 def _named(key: str, name: str, registry: Any) -> None:
@@ -340,49 +706,66 @@ def _named(key: str, name: str, registry: Any) -> None:
 
 
 def _one_of(key: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise UserError(f"{key}: unknown {value!r}; valid: {', '.join(valid)}")
+    problem = OneOf(tuple(valid)).problem(value)
+    if problem:
+        raise UserError(f"{key}: {problem}")
 
 
-def _check_loss_params(name: str, params: dict[str, Any]) -> None:
+# ---------------------------------------------------------------- the loss's parameters
+
+
+def check_loss(loss: dict[str, Any]) -> dict[str, Any]:
+    """``algorithm.loss`` with its parameters checked against the registered loss.
+
+    A parameter whose default is a number must be a finite number (``None`` too where the
+    default is ``None``: "off"); YAML strings such as ``3e-4`` become floats. No
+    registered loss takes an infinite parameter (their docstrings), so none is allowed.
+    Then the loss runs once on a 1x1 batch, so its own range checks (``c > 0``, ...)
+    answer here rather than at the first training step.
+    """
     from mhpo_vl.algorithms import POLICY_LOSSES
 
+    params = {k: v for k, v in loss.items() if k != "name"}
+    spec = POLICY_LOSSES.get(loss["name"])
     try:
-        POLICY_LOSSES.get(name).resolve(params)
+        spec.resolve(params)
     except UserError as exc:
         raise UserError(f"algorithm.loss: {exc}") from None
+    params = {k: _loss_param(f"algorithm.loss.{k}", v, spec.defaults[k]) for k, v in params.items()}
+    _dry_run_loss(spec, params)
+    return {"name": loss["name"], **params}
 
 
-def _check_ranges(recipe: Recipe) -> None:
-    t, r = recipe.trainer, recipe.rollout
-    positive = {
-        "trainer.max_steps": t.max_steps,
-        "trainer.prompts_per_step": t.prompts_per_step,
-        "trainer.minibatches": t.minibatches,
-        "trainer.update_epochs": t.update_epochs,
-        "rollout.group_size": r.group_size,
-        "rollout.max_new_tokens": r.max_new_tokens,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{key}: must be >= 1, got {value}")
-    if t.prompts_per_step * r.group_size % t.minibatches:
-        raise UserError(
-            f"trainer.minibatches ({t.minibatches}) must divide prompts_per_step * group_size "
-            f"({t.prompts_per_step * r.group_size})"
-        )
-    _one_of("optim.scheduler", recipe.optim.scheduler, ("constant", "linear", "cosine"))
-    _one_of("trainer.old_logprobs", t.old_logprobs, ("recompute", "rollout"))
-    if t.old_logprobs == "rollout" and r.temperature != 1.0:
-        raise UserError(
-            "trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0 (the engine's "
-            f"log-probs are at the sampling temperature, {r.temperature}); use 'recompute'"
-        )
-    from mhpo_vl.models.policy import DTYPES
+def _loss_param(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected str, got {value!r}")
+        return value
+    if default is not None and not _is_number(default):
+        return value
+    if value is None and default is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise UserError(f"{key}: expected a number, got {value!r}") from None
+    if not _is_number(value) or not math.isfinite(value):
+        raise UserError(f"{key}: must be a finite number, got {value!r}")
+    return value
 
-    _one_of("model.dtype", recipe.model.dtype, tuple(DTYPES))
-    if not 0 < r.top_p <= 1:
-        raise UserError(f"rollout.top_p: must be in (0, 1], got {r.top_p}")
+
+def _dry_run_loss(spec: Any, params: dict[str, Any]) -> None:
+    import torch
+
+    from mhpo_vl.algorithms import LossInputs
+
+    zeros = torch.zeros(1, 1)
+    inputs = LossInputs.build(zeros, zeros, torch.zeros(1), torch.ones(1, 1))
+    try:
+        spec(inputs, **params)
+    except UserError as exc:
+        raise UserError(f"algorithm.loss ({spec.name}): {exc}") from None
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
