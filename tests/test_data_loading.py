@@ -53,7 +53,11 @@ def test_jsonl_with_relative_image_paths_drops_and_reports_bad_rows(jsonl_datase
         ps = load_problems(DatasetSpec(source=str(jsonl_dataset)), "data.train")
     assert len(ps) == 3
     assert ps.num_dropped == 3
-    assert ps.dropped == {"missing answer": ["p3"], "unreadable image": ["p4", "p5"]}
+    assert ps.dropped == {
+        "missing_answer": ["p3"],
+        "image_not_found": ["p4"],
+        "unreadable_image": ["p5"],
+    }
     msg = caplog.text
     assert "dropped 3 of 6 rows" in msg and "p3" in msg and "p4" in msg and "p5" in msg
     row = ps[1]

@@ -5,28 +5,33 @@
 directory holding one such file per split (``<split>.parquet`` etc., e.g. DynaMath's
 ``sample_variant1.jsonl``). Local files use the same columns as the hub copy; image
 columns may hold PIL images, ``{"bytes", "path"}`` dicts or paths relative to the file.
+Bad records are skipped, counted and named like bad training rows
+(:mod:`mhpo_vl.data.loading`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mhpo_vl.data.badrows import BadRow, BadRowLog
+from mhpo_vl.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, decode_image
+from mhpo_vl.data.validate import check_row
 from mhpo_vl.errors import UserError
 from mhpo_vl.eval.benchmarks import BENCHMARKS, Benchmark, Row
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
-def open_image(value: Any, base_dir: Path | None, where: str) -> Any:
-    """A PIL RGB image (see :func:`mhpo_vl.data.loading.open_image`); errors name ``where``."""
-    from mhpo_vl.data.loading import open_image as _open
-
+def open_image(value: Any, base_dir: Path | None, where: str, **limits: Any) -> Any:
+    """A decoded PIL RGB image (see :func:`mhpo_vl.data.images.decode_image` for
+    ``limits``); a :class:`UserError` naming ``where`` when it cannot be used."""
     try:
-        return _open(value, base_dir)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{where}: {exc}") from None
+        return decode_image(value, base_dir, **limits)
+    except ImageRejected as exc:
+        raise UserError(f"{where}: {exc.detail}") from None
 
 
 def _read_local(path: Path) -> list[dict[str, Any]]:
@@ -51,7 +56,9 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import datasets
 
-        return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+        return list(
+            _undecoded(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+        )
     raise UserError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
@@ -71,7 +78,18 @@ def _read_hub(bench: Benchmark, hub_id: str, split: str) -> list[dict[str, Any]]
         raise UserError(
             f"cannot load {hub_id} split {split!r}: {type(exc).__name__}: {exc}"
         ) from None
-    return list(ds)
+    return list(_undecoded(ds))
+
+
+def _undecoded(ds: Any) -> Any:
+    """``ds`` with every image column left as bytes/paths: ``datasets`` would decode each
+    image in full on access; :func:`decode_image` decodes it with size limits."""
+    import datasets
+
+    for col, feature in ds.features.items():
+        if isinstance(feature, datasets.Image) and feature.decode:
+            ds = ds.cast_column(col, datasets.Image(decode=False))
+    return ds
 
 
 def read_records(bench: Benchmark, source: str | None) -> list[tuple[str, Path | None, list[dict]]]:
@@ -88,36 +106,109 @@ def read_records(bench: Benchmark, source: str | None) -> list[tuple[str, Path |
 
 
 def load_benchmark(
-    name: str, source: str | None = None, limit: int | None = None, images: bool = True
+    name: str,
+    source: str | None = None,
+    limit: int | None = None,
+    images: bool = True,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_bad_frac: float | None = None,
+    report: BadRowLog | None = None,
 ) -> list[Row]:
-    """Problem rows of benchmark ``name`` (first ``limit`` per split if given).
+    """Problem rows of benchmark ``name``: the first ``limit`` usable rows per split if
+    given.
 
-    ``images=False`` skips opening images (scoring only). A record whose conversion
-    fails names the benchmark, split and row.
+    Bad records are handled as in training data: a record that cannot be converted, a
+    blank or non-text question/answer, non-UTF-8 text, ``choices`` that is not a list, a
+    gold answer outside the choices, an image that is missing, too large
+    (``max_image_pixels``), of a geometry the processor refuses, or that fails to
+    decode: each is skipped, recorded in ``report`` (a fresh
+    :class:`~mhpo_vl.data.BadRowLog` when None; pass one to read the counts) with its
+    split, row and file, and logged once. More than ``max_bad_frac`` bad rows (None: no
+    limit), or none usable, is a :class:`UserError` naming the first bad rows.
+    ``images=False`` skips opening images (scoring only). Images are downscaled to
+    ``max_pixels`` as they are decoded.
     """
     bench = BENCHMARKS.get(name)
+    label = f"{name} ({source or bench.hub_id})"
+    if report is None:
+        report = BadRowLog(name, source or bench.hub_id)
+    report.max_bad_frac = max_bad_frac
+    limits = {
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+        "max_image_pixels": max_image_pixels,
+    }
     if bench.loader is not None and source is None:
-        return bench.loader(bench, limit)
+        splits = [(bench.splits[0], None, bench.loader(bench, limit), True)]
+    else:
+        splits = [(s, d, recs, False) for s, d, recs in read_records(bench, source)]
     rows: list[Row] = []
-    for split, base_dir, records in read_records(bench, source):
-        for i, rec in enumerate(records[:limit] if limit else records):
-            where = f"{name} ({source or bench.hub_id}) split {split!r} row {i}"
-            try:
-                row = bench.to_row(rec, split)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise UserError(
-                    f"{where}: cannot read record ({type(exc).__name__}: {exc})"
-                ) from None
-            if not row.get("id"):
-                row["id"] = f"{split}-{i}"
-            if not str(row.get("answer", "")).strip():
-                raise UserError(f"{where}: no answer")
-            if images and bench.image_column is not None:
-                value = rec.get(bench.image_column)
-                if value is None and bench.image_column == "decoded_image":
-                    value = rec.get("image")  # local copies often keep only the path
-                row["image"] = open_image(value, base_dir, where)
-            rows.append(row)
+    for split, base_dir, records, converted in splits:
+        reader = _RecordReader(bench, split, base_dir, images, limits, report, converted)
+        rows += reader.rows(records, limit)
+    report.announce()
     if not rows:
-        raise UserError(f"{name} ({source or bench.hub_id}): no rows")
+        detail = f": {report.summary()}" if report.rows else ""
+        raise UserError(f"{label}: no usable rows out of {report.total}{detail}")
+    report.check(report.total - report.count("load"))
     return rows
+
+
+@dataclass
+class _RecordReader:
+    """Turns one split's records into usable rows, recording the bad ones."""
+
+    bench: Benchmark
+    split: str
+    base_dir: Path | None
+    images: bool
+    limits: dict[str, Any]
+    report: BadRowLog
+    converted: bool  # records are rows already (an embedded loader's output)
+
+    def rows(self, records: list[dict[str, Any]], limit: int | None) -> list[Row]:
+        out: list[Row] = []
+        for i, rec in enumerate(records):
+            if limit is not None and len(out) >= limit:
+                break
+            self.report.total += 1
+            row = self.row(i, rec)
+            if row is not None:
+                out.append(row)
+        return out
+
+    def row(self, i: int, rec: dict[str, Any]) -> Row | None:
+        """Record ``i`` as a checked row with its image decoded, or None (recorded)."""
+        name = f"{self.split} row {i}"
+        try:
+            row = dict(rec) if self.converted else self.bench.to_row(rec, self.split)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = f"cannot read record ({type(exc).__name__}: {exc})"
+            return self._bad(name, "unreadable_row", detail, None)
+        if not row.get("id"):
+            row["id"] = f"{self.split}-{i}"
+        name = f"id {row['id']}, {name}"
+        problem = check_row(row)
+        if problem is not None:
+            return self._bad(name, problem[0], problem[1], None)
+        if self.images and self.bench.image_column is not None:
+            value = rec.get(self.bench.image_column)
+            if value is None and self.bench.image_column == "decoded_image":
+                value = rec.get("image")  # local copies often keep only the path
+            try:
+                row["image"] = decode_image(value, self.base_dir, **self.limits)
+            except ImageRejected as exc:
+                return self._bad(name, exc.reason, exc.detail, exc.file, "decode")
+            self.report.decoded += 1
+        return row
+
+    def _bad(
+        self, name: str, reason: str, detail: str, file: str | None, stage: str = "load"
+    ) -> None:
+        if stage == "decode":
+            self.report.decoded += 1
+        self.report.add(BadRow(self.report.split, name, reason, detail, file, stage))
+        return None
