@@ -8,3 +8,8 @@ else is caught there, so internal bugs keep their tracebacks.
 
 class UserError(ValueError):
     """A mistake in user input; the message names the bad key, file, row or name."""
+
+
+class RunHalted(UserError):
+    """A run stopped on purpose: continuing would train on, or save, numbers gone wrong
+    (non-finite losses, failing rewards). The message says what and what to change."""

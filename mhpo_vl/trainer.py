@@ -26,7 +26,8 @@ import torch
 
 from mhpo_vl import algorithms, checkpoint
 from mhpo_vl.config import Recipe, dump_recipe
-from mhpo_vl.data import EpochSampler, ProblemSet, load_problems
+from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
+from mhpo_vl.errors import RunHalted, UserError
 from mhpo_vl.models import Policy, load_policy, token_logprobs
 from mhpo_vl.rewards import overlong_penalty, reward_stats, score_rewards
 from mhpo_vl.rollout import ENGINES, RolloutBatch, SamplingParams, build_prompts
@@ -52,8 +53,14 @@ class Run:
     sampler: EpochSampler
     logger: RunLogger
     suites: list[tuple[str, Any, list[dict]]]
+    bench_reports: dict[str, BadRowLog]  # bad rows of each eval.benchmarks entry
+    scaler: Any = None  # torch.amp.GradScaler; enabled only for float16 compute
     start_step: int = 0
     timings: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
+    skips: dict[str, Any] = field(default_factory=lambda: {"consecutive": 0, "total": 0})
+    # this step's reward calls and failures: name -> [count, first failure's description]
+    reward_calls: int = 0
+    reward_failures: dict[str, list] = field(default_factory=dict)
 
     @property
     def world(self) -> int:
@@ -93,16 +100,38 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Recipe) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _load_policy(path: str, cfg: Recipe, device: Any) -> Policy:
+def _load_policy(path: str, cfg: Recipe, device: Any, master_dtype: str) -> Policy:
     m = cfg.model
     return load_policy(
         path,
         dtype=m.dtype,
+        master_dtype=master_dtype,
         trust_remote_code=m.trust_remote_code,
         gradient_checkpointing=m.gradient_checkpointing,
         freeze_vision=m.freeze_vision,
         device=device,
     )
+
+
+def _check_verifiers() -> None:
+    """Stop before training if math-verify cannot run here: every math reward would be 0."""
+    from mhpo_vl.rewards.mathcheck import VerifierUnavailable, require_math_verify
+
+    try:
+        require_math_verify()
+    except VerifierUnavailable as exc:
+        raise UserError(f"the math answer checker cannot run: {exc}") from None
+
+
+def _data_limits(cfg: Recipe) -> dict[str, Any]:
+    """How every split's images are decoded and how many bad rows it may have."""
+    d = cfg.data
+    return {
+        "min_pixels": d.min_pixels,
+        "max_pixels": d.max_pixels,
+        "max_image_pixels": d.max_image_pixels,
+        "max_bad_frac": d.max_bad_frac,
+    }
 
 
 def setup(cfg: Recipe) -> Run:
@@ -111,24 +140,22 @@ def setup(cfg: Recipe) -> Run:
     transformers.utils.logging.disable_progress_bar()  # our own bar is the one to watch
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    _check_verifiers()
     acc = make_accelerator()
     out = Path(cfg.trainer.output_dir)
     ckpt = checkpoint.latest_checkpoint(out) if cfg.trainer.resume else None
     torch.manual_seed(cfg.seed)
-    policy = _load_policy(str(ckpt) if ckpt else cfg.model.path, cfg, acc.device)
-    # The reference is the starting policy; it is not loaded at all when unused.
-    ref = _load_policy(cfg.model.path, cfg, acc.device) if cfg.algorithm.kl_coef > 0 else None
+    m = cfg.model
+    policy = _load_policy(str(ckpt) if ckpt else m.path, cfg, acc.device, m.master_dtype)
+    # The reference is the starting policy; it is not loaded at all when unused. Frozen,
+    # it needs no master weights: its parameters are in the compute dtype.
+    ref = _load_policy(m.path, cfg, acc.device, m.dtype) if cfg.algorithm.kl_coef > 0 else None
     if ref is not None:
         ref.model.requires_grad_(False).eval()
-    d = cfg.data
-    train_set = load_problems(
-        d.train, "data.train", min_pixels=d.min_pixels, max_pixels=d.max_pixels
-    )
+    train_set = load_problems(cfg.data.train, "data.train", **_data_limits(cfg))
     eval_set = None
-    if d.eval is not None:
-        eval_set = load_problems(
-            d.eval, "data.eval", min_pixels=d.min_pixels, max_pixels=d.max_pixels
-        )
+    if cfg.data.eval is not None:
+        eval_set = load_problems(cfg.data.eval, "data.eval", **_data_limits(cfg))
     params = [p for p in policy.model.parameters() if p.requires_grad]
     o = cfg.optim
     optimizer = torch.optim.AdamW(
@@ -136,20 +163,34 @@ def setup(cfg: Recipe) -> Run:
     )
     scheduler = make_scheduler(optimizer, cfg)
     model, optimizer = acc.prepare(policy.model, optimizer)
+    # float16 gradients underflow without loss scaling; bfloat16 and float32 need none
+    scaler = torch.amp.GradScaler(
+        acc.device.type, enabled=m.dtype == "float16" and m.master_dtype == "float32"
+    )
     run = Run(
         cfg, acc, policy, model, ref, optimizer, scheduler,
-        ENGINES.get(cfg.rollout.engine)(policy),
+        ENGINES.get(cfg.rollout.engine)(policy, batch_size=cfg.rollout.batch_size),
         train_set, eval_set, EpochSampler(len(train_set), cfg.seed),
         RunLogger(out, enabled=acc.is_main_process, tensorboard=cfg.trainer.tensorboard),
-        eval_suites(cfg, eval_set),
+        *eval_suites(cfg, eval_set), scaler,
     )  # fmt: skip
     if ckpt is not None:
         _restore(run, ckpt)
-    elif acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    else:  # a fresh start: records of an earlier attempt that never checkpointed go
+        run.logger.truncate_after(-1)
     if acc.is_main_process:
         dump_recipe(cfg, out / "config.yaml")
-        log.info("training on %d process(es), device %s", acc.num_processes, acc.device)
+        log.info(
+            "training on %d process(es), device %s, %s compute, %s parameters",
+            acc.num_processes, acc.device, m.dtype, m.master_dtype,
+        )  # fmt: skip
+        if m.master_dtype == m.dtype != "float32":
+            log.warning(
+                "pure %s: parameters and optimizer state are %s (model.master_dtype), so "
+                "updates below its resolution are lost (at lr 1e-6 most of them); "
+                "model.master_dtype=float32 keeps float32 master weights",
+                m.dtype, m.dtype,
+            )  # fmt: skip
     return run
 
 
@@ -159,6 +200,9 @@ def _restore(run: Run, ckpt: Path) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.sampler.load_state_dict(state["data_order"])
     checkpoint.set_rng_state(state["rng"][run.rank])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.skips.update(state.get("skips", {}))
     run.start_step = state["step"]
     run.logger.truncate_after(run.start_step)
     if run.accelerator.is_main_process:
@@ -172,6 +216,7 @@ def _save(run: Run, step: int) -> None:
         if run.world > 1
         else [checkpoint.rng_state()]
     )
+    _require_finite_weights(run, step)
     if acc.is_main_process:
         state = {
             "step": step,
@@ -179,6 +224,8 @@ def _save(run: Run, step: int) -> None:
             "scheduler": run.scheduler.state_dict(),
             "data_order": run.sampler.state_dict(),
             "rng": rng,
+            "scaler": run.scaler.state_dict(),
+            "skips": dict(run.skips),
         }
         path = checkpoint.save_checkpoint(
             run.cfg.trainer.output_dir, step, acc.unwrap_model(run.model), run.policy.processor,
@@ -186,6 +233,18 @@ def _save(run: Run, step: int) -> None:
         )  # fmt: skip
         log.info("saved %s", path)
     acc.wait_for_everyone()
+
+
+def _require_finite_weights(run: Run, step: int) -> None:
+    """Never write a checkpoint with NaN or inf weights (a resume would load them)."""
+    bad = [n for n, p in run.model.named_parameters() if not torch.isfinite(p).all()]
+    if _global_sum(run, float(len(bad))) > 0:
+        where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
+        last = checkpoint.latest_checkpoint(run.cfg.trainer.output_dir)
+        raise RunHalted(
+            f"step {step}: non-finite weights{where}; checkpoint not written. "
+            f"Resume from {last or 'the start'} with a lower optim.lr"
+        )
 
 
 # ----------------------------------------------------------------------------- rollouts
@@ -203,9 +262,9 @@ def _sampling(cfg: Recipe, n: int) -> SamplingParams:
 
 
 def _local_rows(run: Run, num_prompts: int) -> list[dict[str, Any]]:
-    """This process's share of the next ``num_prompts`` prompts of the global data order."""
-    indices = run.sampler.next(num_prompts)[run.rank :: run.world]
-    return [run.train_set[i] for i in indices]
+    """This process's share of the next ``num_prompts`` good rows of the global data
+    order (rows whose image fails to decode are skipped, counted and named)."""
+    return run.train_set.take(run.sampler, num_prompts, rank=run.rank, world=run.world)
 
 
 def rollout(run: Run, rows: list[dict[str, Any]]) -> tuple[RolloutBatch, dict[str, Any]]:
@@ -218,10 +277,15 @@ def rollout(run: Run, rows: list[dict[str, Any]]) -> tuple[RolloutBatch, dict[st
     t1 = time.perf_counter()
     rows_B = [row for row in rows for _ in range(G)]
     specs = [(r.name, r.weight) for r in cfg.rewards]
-    total, parts = score_rewards(specs, batch.completions, rows_B)
+    failures: dict[str, tuple[int, str]] = {}
+    total, parts = score_rewards(specs, batch.completions, rows_B, failures)
+    run.reward_calls += len(rows_B)
+    for name, (count, first) in failures.items():
+        run.reward_failures.setdefault(name, [0, first])[0] += count
     run.timings["generate"] += t1 - t0
     run.timings["reward"] += time.perf_counter() - t1
-    rewards_B = torch.tensor(total, dtype=torch.float32)
+    device = batch.input_ids.device  # everything per-sequence lives with the batch
+    rewards_B = torch.tensor(total, dtype=torch.float32, device=device)
     ov = cfg.algorithm.overlong
     if ov.enabled:
         lengths = batch.response_lengths.tolist()
@@ -230,7 +294,7 @@ def rollout(run: Run, rows: list[dict[str, Any]]) -> tuple[RolloutBatch, dict[st
             for n in lengths
         ]
         parts["overlong"] = pen
-        rewards_B = rewards_B + torch.tensor(pen, dtype=torch.float32)
+        rewards_B = rewards_B + torch.tensor(pen, dtype=torch.float32, device=device)
     return batch, {"rewards": rewards_B, "parts": parts, "rows": rows_B}
 
 
@@ -296,9 +360,12 @@ def _micro_chunks(indices: list[int], size: int | None) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _logprobs_no_grad(model: Any, batch: RolloutBatch, micro: int | None) -> torch.Tensor:
+def _logprobs_no_grad(
+    model: Any, policy: Policy, batch: RolloutBatch, micro: int | None
+) -> torch.Tensor:
     chunks = _micro_chunks(list(range(batch.response_mask.shape[0])), micro)
-    return torch.cat([token_logprobs(model, batch.select(c))[0] for c in chunks])
+    with policy.autocast():
+        return torch.cat([token_logprobs(model, batch.select(c))[0] for c in chunks])
 
 
 def _old_logprobs(run: Run, batch: RolloutBatch, micro: int | None) -> torch.Tensor:
@@ -311,7 +378,7 @@ def _old_logprobs(run: Run, batch: RolloutBatch, micro: int | None) -> torch.Ten
                 "returned no sampling log-probs; use 'recompute'"
             )
         return batch.sample_logprobs.to(batch.response_mask.device)
-    return _logprobs_no_grad(run.model, batch, micro)
+    return _logprobs_no_grad(run.model, run.policy, batch, micro)
 
 
 def _global_sum(run: Run, value: float) -> float:
@@ -343,7 +410,9 @@ def update(run: Run, batch: RolloutBatch, advantages_B: torch.Tensor) -> dict[st
         else None
     )
     ref_B = (
-        _logprobs_no_grad(run.ref.model, batch, t.micro_batch_size) if run.ref is not None else None
+        _logprobs_no_grad(run.ref.model, run.ref, batch, t.micro_batch_size)
+        if run.ref is not None
+        else None
     )
     inputs = _UpdateInputs(batch, advantages_B, old_B, ref_B)
     params = [p for p in run.model.parameters() if p.requires_grad]
@@ -353,13 +422,48 @@ def update(run: Run, batch: RolloutBatch, advantages_B: torch.Tensor) -> dict[st
         # exactly `minibatches` optimizer steps (fewer only if B is smaller), even when
         # dynamic sampling kept a number of groups that does not divide evenly
         for mb in torch.tensor_split(order, min(t.minibatches, B)):
-            for k, v in _accumulate_minibatch(run, inputs, mb.tolist()).items():
+            mb_metrics = _accumulate_minibatch(run, inputs, mb.tolist())
+            for k, v in mb_metrics.items():
                 acc_metrics.setdefault(k, []).extend(v)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.optim.max_grad_norm)
-            acc_metrics.setdefault("grad_norm", []).append(float(grad_norm))
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-    return _summarize(acc_metrics)
+            finite = all(math.isfinite(x) for x in mb_metrics["loss"])
+            grad_norm, skipped = _optimizer_step(run, params, finite)
+            acc_metrics.setdefault("grad_norm", []).append(grad_norm)
+            acc_metrics.setdefault("skipped_steps", []).append(float(skipped))
+    out = _summarize(acc_metrics)
+    out["skipped_steps"] = sum(acc_metrics["skipped_steps"])  # a count, not a mean
+    return out
+
+
+def _optimizer_step(run: Run, params: list[torch.Tensor], loss_finite: bool) -> tuple[float, bool]:
+    """Clip and step; unless the loss or the gradient norm is not finite on any process:
+    then the gradients are dropped and the skip is counted (:func:`_check_skips` stops
+    the run after too many in a row). Returns (pre-clip gradient norm, skipped)."""
+    run.scaler.unscale_(run.optimizer)  # no-op unless float16 loss scaling is on
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.cfg.optim.max_grad_norm))
+    local_bad = not (loss_finite and math.isfinite(grad_norm))
+    skipped = _global_sum(run, float(local_bad)) > 0  # every process decides the same
+    if skipped:
+        run.skips["consecutive"] += 1
+        run.skips["total"] += 1
+        run.skips["last_bad"] = "loss" if not loss_finite else f"gradient norm {grad_norm}"
+    else:
+        run.scaler.step(run.optimizer)
+        run.skips["consecutive"] = 0
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm, skipped
+
+
+def _check_skips(run: Run, step: int) -> None:
+    """Stop once ``trainer.max_consecutive_skips`` optimizer updates in a row were skipped
+    (called after the step's metrics are logged, so the skips are on record)."""
+    limit = run.cfg.trainer.max_consecutive_skips
+    if run.skips["consecutive"] >= limit:
+        raise RunHalted(
+            f"step {step}: {run.skips['consecutive']} optimizer updates in a row skipped for "
+            f"a non-finite {run.skips.get('last_bad', 'loss')} "
+            f"(trainer.max_consecutive_skips={limit}); lower optim.lr or check the recipe"
+        )
 
 
 def _accumulate_minibatch(run: Run, inputs: _UpdateInputs, mb: list[int]) -> dict[str, list[float]]:
@@ -378,7 +482,8 @@ def _accumulate_minibatch(run: Run, inputs: _UpdateInputs, mb: list[int]) -> dic
         sub = batch.select(idx)
         sync = contextlib.nullcontext() if i == len(chunks) - 1 else acc.no_sync(run.model)
         with sync:
-            logp, ent = token_logprobs(run.model, sub, with_entropy=True)
+            with run.policy.autocast():
+                logp, ent = token_logprobs(run.model, sub, with_entropy=True)
             out = algorithms.policy_loss(
                 name, logp,
                 inputs.old_B[idx] if inputs.old_B is not None else logp.detach(),
@@ -389,7 +494,7 @@ def _accumulate_minibatch(run: Run, inputs: _UpdateInputs, mb: list[int]) -> dic
                 num_tokens=n_tok, num_seqs=n_seq, max_len=cfg.rollout.max_new_tokens,
                 **loss_cfg,
             )  # fmt: skip
-            acc.backward(out.loss)
+            acc.backward(run.scaler.scale(out.loss))
         mask = sub.response_mask
         values = dict(out.metrics, loss=float(out.loss.detach()))
         values["entropy"] = float((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
@@ -420,7 +525,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     G = cfg.rollout.group_size
     t0 = time.perf_counter()
     run.timings.update(generate=0.0, reward=0.0)
+    run.reward_calls, run.reward_failures = 0, {}
     batch, scored, stats = collect(run)
+    stats.update(_check_reward_failures(run, step))
     t1 = time.perf_counter()
     rewards_PG = scored["rewards"].view(-1, G)
     adv = algorithms.compute_advantages(cfg.algorithm.advantage, rewards_PG)
@@ -449,9 +556,39 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         if counts["failures"]:
             metrics[f"reward_failures/{name}"] = float(counts["failures"])
     metrics = _reduce_metrics(run, metrics)
+    metrics.update(_bad_row_metrics(run))  # the same on every process: not reduced
     metrics["time/step"] = time.perf_counter() - t0
     _log_samples(run, step, batch, scored)
     return metrics
+
+
+def _check_reward_failures(run: Run, step: int) -> dict[str, float]:
+    """Each failing reward's fraction of this step's calls (over every process); stop the
+    run when one reaches ``trainer.max_reward_fail_frac``, naming it and a failure."""
+    calls, failures = 0, {}
+    for item in _gather_dicts(run, {"calls": run.reward_calls, "failures": run.reward_failures}):
+        calls += item["calls"]
+        for name, (count, first) in item["failures"].items():
+            failures.setdefault(name, [0, first])[0] += count
+    limit = run.cfg.trainer.max_reward_fail_frac
+    fracs = {f"reward_fail_frac/{n}": c / max(calls, 1) for n, (c, _) in failures.items()}
+    for name, (count, first) in failures.items():
+        if count / max(calls, 1) >= limit:
+            raise RunHalted(
+                f"step {step}: reward {name!r} failed on {count} of {calls} responses "
+                f"(trainer.max_reward_fail_frac={limit}); first: {first}"
+            )
+    return fracs
+
+
+def _bad_row_metrics(run: Run) -> dict[str, float]:
+    """Cumulative bad-row counts of every split (``data/bad_rows[/<reason>]``, ...)."""
+    out = run.train_set.bad_row_metrics("data")
+    if run.eval_set is not None:
+        out.update(run.eval_set.bad_row_metrics("data/eval"))
+    for name, report in run.bench_reports.items():
+        out.update(report.metrics(f"data/eval/{name}"))
+    return out
 
 
 def _gather_dicts(run: Run, item: dict[str, Any]) -> list[dict[str, Any]]:
@@ -505,9 +642,12 @@ def _log_samples(run: Run, step: int, batch: RolloutBatch, scored: dict[str, Any
 # ----------------------------------------------------------------------------- evaluation
 
 
-def eval_suites(cfg: Recipe, eval_set: ProblemSet | None) -> list[tuple[str, Any, list[dict]]]:
+def eval_suites(
+    cfg: Recipe, eval_set: ProblemSet | None
+) -> tuple[list[tuple[str, Any, list[dict]]], dict[str, BadRowLog]]:
     """(metric prefix, benchmark, rows) for the held-out split and each ``eval.benchmarks``
-    entry, loaded once; scored by the eval module, the same code as ``mhpo-vl eval``."""
+    entry, loaded once (bad rows dropped like the train split's); scored by the eval
+    module, the same code as ``mhpo-vl eval``. Also each benchmark's bad-row report."""
     from mhpo_vl.eval.benchmarks import BENCHMARKS, Benchmark
     from mhpo_vl.eval.loaders import load_benchmark
 
@@ -518,16 +658,13 @@ def eval_suites(cfg: Recipe, eval_set: ProblemSet | None) -> list[tuple[str, Any
             name="heldout", hub_id=spec.source, splits=(spec.split,), to_row=lambda r, _s: dict(r),
             template=cfg.data.template, scorer="accuracy",
         )  # fmt: skip
-        suites.append(("eval/accuracy", heldout, eval_set.rows(cfg.eval.size)))
+        suites.append(("eval/accuracy", heldout, eval_set.valid_rows(cfg.eval.size)))
+    reports = {}
     for name in cfg.eval.benchmarks:
-        suites.append(
-            (
-                f"eval/{name}/accuracy",
-                BENCHMARKS.get(name),
-                load_benchmark(name, limit=cfg.eval.size),
-            )
-        )
-    return suites
+        reports[name] = BadRowLog(f"eval.benchmarks.{name}", name)
+        rows = load_benchmark(name, limit=cfg.eval.size, report=reports[name], **_data_limits(cfg))
+        suites.append((f"eval/{name}/accuracy", BENCHMARKS.get(name), rows))
+    return suites, reports
 
 
 @torch.no_grad()
@@ -603,11 +740,12 @@ def train(cfg: Recipe) -> dict[str, float]:
         if step == t.max_steps or (cfg.eval.every and step % cfg.eval.every == 0):
             metrics.update(evaluate(run))
         run.logger.log(step, metrics)
+        _check_skips(run, step)
         if step == t.max_steps or (t.save_every and step % t.save_every == 0):
             _save(run, step)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(_postfix(metrics))
+            progress.set_postfix(_postfix(metrics, run.skips["total"]))
     if progress is not None:
         progress.close()
     run.logger.close()
@@ -631,11 +769,14 @@ def _progress(run: Run) -> Any:
     return tqdm(total=t.max_steps, initial=run.start_step, desc=run.cfg.name, unit="step")
 
 
-def _postfix(metrics: dict[str, float]) -> dict[str, str]:
+def _postfix(metrics: dict[str, float], skipped: int) -> dict[str, str]:
     keys = {
         "reward/mean": "reward",
         "eval/accuracy": "acc",
         "grad_norm": "gnorm",
         "ratio_max": "rmax",
     }
-    return {short: f"{metrics[k]:.3f}" for k, short in keys.items() if k in metrics}
+    out = {short: f"{metrics[k]:.3f}" for k, short in keys.items() if k in metrics}
+    if skipped:  # non-finite updates skipped so far in this run
+        out["skipped"] = str(skipped)
+    return out

@@ -6,6 +6,8 @@ seconds; the real warm start is tested in test_models_warmstart.py (slow).
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -229,3 +231,22 @@ def test_other_architectures_logprobs_match(tmp_path_factory, name):
     assert (batch.attention_mask[:, 0] == 0).any()
     assert ((logp - batch.sample_logprobs) * mask).abs().max() < 1e-4
     assert ((logp - ref) * mask).abs().max() < 1e-5
+
+
+def test_bf16_autocast_keeps_float32_parameters_and_consistent_logprobs(tmp_path_factory):
+    """Mixed precision as trained: float32 parameters, bfloat16 compute under autocast;
+    the engine's sampling log-probs and a re-forward agree to bfloat16 accuracy."""
+    out = tmp_path_factory.mktemp("bf16")
+    build_embedded(parse_embedded(f"tiny-vl?{SMALL}"), out)
+    policy = load_policy(str(out), dtype="bfloat16", master_dtype="float32")
+    assert policy.param_dtype == torch.float32 and policy.compute_dtype == torch.bfloat16
+    batch = _rollout(policy, task_rows("vision", "test", 4), n=2, max_new_tokens=6)
+    with torch.no_grad(), policy.autocast():
+        logp, _ = token_logprobs(policy.model, batch)
+        fp32_logits_dtype = policy.model(**batch.model_inputs(), use_cache=False).logits.dtype
+    assert fp32_logits_dtype == torch.bfloat16  # the matmuls really ran in bfloat16
+    mask = batch.response_mask
+    assert ((logp - batch.sample_logprobs) * mask).abs().max() < 0.1
+    pure = load_policy(str(out), dtype="bfloat16")
+    assert pure.param_dtype == torch.bfloat16
+    assert isinstance(pure.autocast(), type(contextlib.nullcontext()))

@@ -53,8 +53,11 @@ class LossInputs:
     def build(
         cls, logprobs_BT: Tensor, old_logprobs_BT: Tensor, advantages: Tensor, mask_BT: Tensor
     ) -> LossInputs:
-        """Check shapes, broadcast ``advantages`` ([B] or [B, T]) and zero masked slots."""
+        """Check shapes and devices, broadcast ``advantages`` ([B] or [B, T]) and zero
+        masked slots."""
         check_same_shape(logprobs_BT, old_logprobs=old_logprobs_BT, mask=mask_BT)
+        check_same_device(logprobs_BT, old_logprobs=old_logprobs_BT, advantages=advantages)
+        check_same_device(logprobs_BT, mask=mask_BT)
         dtype = logprobs_BT.dtype
         keep_BT = mask_BT if mask_BT.dtype == torch.bool else mask_BT.bool()
         logprobs_BT = torch.where(keep_BT, logprobs_BT, 0.0)
@@ -107,6 +110,21 @@ def check_same_shape(reference_BT: Tensor, **others: Tensor) -> None:
                 f"{name} must have the shape of logprobs {list(reference_BT.shape)}, "
                 f"got {list(tensor.shape)}"
             )
+
+
+def check_same_device(reference_BT: Tensor, **others: Tensor | None) -> None:
+    """Raise a ``UserError`` naming every tensor that is not on ``reference_BT``'s device
+    (``logprobs``'s): a loss never moves its inputs, the caller places them once."""
+    wrong = [
+        f"{name} on {tensor.device}"
+        for name, tensor in others.items()
+        if tensor is not None and tensor.device != reference_BT.device
+    ]
+    if wrong:
+        raise UserError(
+            f"policy loss inputs on different devices: logprobs on {reference_BT.device}, "
+            f"{', '.join(wrong)}"
+        )
 
 
 def require(condition: bool, message: str) -> None:

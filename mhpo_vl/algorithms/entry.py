@@ -34,6 +34,7 @@ from mhpo_vl.algorithms.base import (
     POLICY_LOSSES,
     Diagnostics,
     LossInputs,
+    check_same_device,
     check_same_shape,
     require,
 )
@@ -105,6 +106,7 @@ def policy_loss(
 def _masked_kl(inputs: LossInputs, ref_logprobs_BT: Tensor, estimator: str) -> Tensor:
     """``kl_penalty`` with the reference zeroed at padding, like the other inputs."""
     check_same_shape(inputs.logprobs_BT, ref_logprobs=ref_logprobs_BT)
+    check_same_device(inputs.logprobs_BT, ref_logprobs=ref_logprobs_BT)
     ref_BT = ref_logprobs_BT.detach().to(inputs.logprobs_BT.dtype)
     ref_BT = torch.where(inputs.keep_BT, ref_BT, 0.0)
     return kl_penalty(inputs.logprobs_BT, ref_BT, estimator)

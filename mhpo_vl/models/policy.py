@@ -6,6 +6,7 @@ model built offline by :mod:`mhpo_vl.models.tiny` and cached on first use).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -24,16 +25,32 @@ EMBEDDED_PREFIX = "embedded:"
 @dataclass
 class Policy:
     """A loaded model. ``processor`` is the (image-only) Qwen-VL processor for vision
-    models and the tokenizer for text models."""
+    models and the tokenizer for text models.
+
+    ``compute_dtype`` is the dtype forwards run in; the parameters may be wider (float32
+    master weights under bfloat16 compute). Run every forward under :meth:`autocast`."""
 
     model: Any
     processor: Any
     is_vision: bool
     path: str
+    compute_dtype: torch.dtype | None = None  # None: the parameters' own dtype
 
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer if self.is_vision else self.processor
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` to ``compute_dtype`` on the model's device when the
+        parameters are kept in another dtype; a no-op context otherwise."""
+        param = next(self.model.parameters())
+        if self.compute_dtype is None or self.compute_dtype == param.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=param.device.type, dtype=self.compute_dtype)
 
 
 def _check_path(path: str) -> None:
@@ -90,6 +107,7 @@ def load_policy(
     path: str,
     *,
     dtype: str = "float32",
+    master_dtype: str | None = None,
     trust_remote_code: bool = False,
     gradient_checkpointing: bool = False,
     freeze_vision: bool = False,
@@ -97,13 +115,23 @@ def load_policy(
 ) -> Policy:
     """Load a Qwen2/2.5/3-VL or Qwen2/3 text model and its processor (or tokenizer).
 
-    ``freeze_vision`` stops gradients into the vision tower (patch embed, blocks,
-    merger). Tokenizers are left-padded (prompts are left-padded for generation)."""
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    ``dtype`` is the compute dtype; the parameters are loaded in ``master_dtype``
+    (default: ``dtype``, i.e. no autocast). Mixed precision as verl, EasyR1 and TRL do
+    it is ``dtype="bfloat16", master_dtype="float32"``: float32 weights (and so float32
+    optimizer state), bfloat16 matmuls. ``freeze_vision`` stops gradients into the
+    vision tower (patch embed, blocks, merger). Tokenizers are left-padded (prompts
+    are left-padded for generation)."""
+    master_dtype = master_dtype or dtype
+    for key, name in (("dtype", dtype), ("master_dtype", master_dtype)):
+        if name not in DTYPES:
+            raise UserError(f"unknown {key} {name!r}; use one of {', '.join(DTYPES)}")
+    if master_dtype not in ("float32", dtype):
+        raise UserError(
+            f"master_dtype {master_dtype!r} must be float32 or the compute dtype {dtype!r}"
+        )
     local = _resolve(path)
     model_type = _model_type(local, trust_remote_code)
-    model = _load_model(local, model_type, DTYPES[dtype], trust_remote_code)
+    model = _load_model(local, model_type, DTYPES[master_dtype], trust_remote_code)
     is_vision = model_type in VL_MODEL_TYPES
     if is_vision:
         processor = load_vl_processor(local, model_type, trust_remote_code=trust_remote_code)
@@ -128,7 +156,13 @@ def load_policy(
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if device is not None:
         model.to(device)
-    return Policy(model=model, processor=processor, is_vision=is_vision, path=path)
+    return Policy(
+        model=model,
+        processor=processor,
+        is_vision=is_vision,
+        path=path,
+        compute_dtype=DTYPES[dtype],
+    )
 
 
 def _vision_tower(model: Any) -> torch.nn.Module:

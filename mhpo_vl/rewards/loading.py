@@ -4,14 +4,17 @@ A reward spec is a registered name (``accuracy``, ``math_answer``, ...) or a use
 function ``path/to/file.py:function`` with the verifier signature
 ``fn(response: str, row: Mapping) -> float``. User functions run in a worker process
 with a time bound (``isolate=True``, the default; the row travels without its images)
-or in-process (``isolate=False``); either way an exception, a timeout or a non-numeric
-result scores 0.0 and is counted in :func:`reward_stats`, which the trainer logs.
+or in-process (``isolate=False``); either way an exception, a timeout or a value that
+is not a finite number (NaN, inf, None, a string) scores 0.0 and is counted: in
+:func:`reward_stats` (cumulative, logged by the trainer) and per call of
+:func:`score_rewards` (the trainer stops a run whose rewards fail too often).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,10 +61,11 @@ def _plain(value: Any, depth: int = 0) -> bool:
 
 
 def _as_score(value: Any) -> float | None:
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
+    """A finite real number as a float; None for anything else (strings included: a
+    reward that returns "1.0" has a bug worth seeing)."""
+    if not isinstance(value, numbers.Real):
         return None
+    score = float(value)
     return score if math.isfinite(score) else None
 
 
@@ -76,21 +80,31 @@ class UserReward:
         self.timeout = timeout
 
     def __call__(self, response: str, row: Mapping[str, Any]) -> float:
+        """The score, or 0.0 for a failed call (counted in :func:`reward_stats`)."""
+        score, why = self.judge(response, row)
+        _count(self.name, score is None, why)
+        return 0.0 if score is None else score
+
+    def judge(self, response: str, row: Mapping[str, Any]) -> tuple[float | None, str]:
+        """``(score, "")``, or ``(None, why)`` when the call failed."""
         if self.isolate:
             from mhpo_vl.rewards.workers import default_pool
 
-            pool = default_pool()
             sent = {k: v for k, v in row.items() if _plain(v)}
-            value = pool.call(self.target, (response, sent), self.timeout, default=None)
-            why = "timeout or exception in worker (see logs)"
+            status, value = default_pool().call_status(self.target, (response, sent), self.timeout)
+            why = {
+                "ok": "",
+                "timeout": f"took over {self.timeout:g} s (killed)",
+            }.get(status, str(value))
+            if status != "ok":
+                value = None
         else:
             try:
                 value, why = self._fn(response, row), ""
             except Exception as exc:  # the user's bug scores 0, counted and logged
                 value, why = None, f"{type(exc).__name__}: {exc}"
         score = _as_score(value)
-        _count(self.name, score is None, why or f"returned {value!r}")
-        return 0.0 if score is None else score
+        return score, "" if score is not None else (why or f"returned {value!r:.200}")
 
 
 def _load_user(spec: str, isolate: bool, timeout: float) -> UserReward:
@@ -137,12 +151,14 @@ def score_rewards(
     specs: Sequence[tuple[str, float]],
     responses: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
+    failures: dict[str, tuple[int, str]] | None = None,
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Weighted total reward per response and each named part (unweighted).
 
     ``specs`` are ``(name or path:function, weight)``; response ``i`` is scored against
     ``rows[i]`` (repeat a row G times for a group). Returns ``(total_B, parts)`` with
-    ``parts[name]`` a list of B floats.
+    ``parts[name]`` a list of B floats. A failed call scores 0.0; if ``failures`` is
+    given it receives, per reward that failed, ``(count, first failure's description)``.
     """
     if len(responses) != len(rows):
         raise ValueError(f"{len(responses)} responses but {len(rows)} rows")
@@ -153,19 +169,32 @@ def score_rewards(
         if name in parts:
             raise UserError(f"reward {name!r} is listed twice")
         fn = load_reward(spec)
-        values = [_call_safely(name, fn, r, row) for r, row in zip(responses, rows, strict=True)]
+        values, whys = [], []
+        for i, (response, row) in enumerate(zip(responses, rows, strict=True)):
+            value, why = _call_safely(name, fn, response, row)
+            values.append(value)
+            if why is not None:
+                whys.append(f"row {row.get('id', i)!r}: {why}")
+        if whys and failures is not None:
+            failures[name] = (len(whys), whys[0])
         parts[name] = values
         total = [t + float(weight) * v for t, v in zip(total, values, strict=True)]
     return total, parts
 
 
-def _call_safely(name: str, fn: RewardFn, response: str, row: Mapping[str, Any]) -> float:
-    if isinstance(fn, UserReward):
-        return fn(response, row)
+def _call_safely(
+    name: str, fn: RewardFn, response: str, row: Mapping[str, Any]
+) -> tuple[float, str | None]:
+    """``(score, None)``, or ``(0.0, why)`` for a call that failed (counted and logged)."""
+    score: float | None = None
     try:
-        score = float(fn(response, row))
-    except Exception as exc:  # built-ins do not raise; count it if one ever does
-        _count(name, True, f"{type(exc).__name__}: {exc}")
-        return 0.0
-    _count(name, False)
-    return score
+        if isinstance(fn, UserReward):
+            score, why = fn.judge(response, row)
+        else:
+            value = fn(response, row)
+            score = _as_score(value)
+            why = "" if score is not None else f"returned {value!r:.200}"
+    except Exception as exc:  # a built-in raising means it cannot judge (VerifierUnavailable)
+        why = f"{type(exc).__name__}: {exc}"
+    _count(name, score is None, why)
+    return (0.0, why) if score is None else (score, None)

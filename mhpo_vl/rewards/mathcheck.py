@@ -12,6 +12,13 @@ timeouts off and bound the time ourselves:
 
 Either way a pathological input (``9^{9^{9^{9}}}`` makes sympy spin) costs at most the
 bound and scores 0.
+
+A checker that cannot run is not an answer that is wrong. math-verify imports its LaTeX
+parser, which needs an antlr4 runtime of a version it knows (4.9.3, 4.11 or 4.13.2);
+without one, ``import math_verify`` fails, and a checker that caught that would score
+every answer 0 (``\\frac{1}{2}`` against ``0.5`` included) while training went on. So
+math-verify is checked once per process on known-equal pairs, and a failure there, or a
+worker that cannot run the check, raises :class:`VerifierUnavailable` naming the cause.
 """
 
 from __future__ import annotations
@@ -20,10 +27,20 @@ import functools
 import logging
 import signal
 import threading
+from importlib import metadata
 from typing import Any
 
 MATH_TIMEOUT = 5.0  # seconds per check, parse and verify together
 _GRACE = 1.0  # the worker bounds itself; the parent kills it only this much later
+
+
+# Pairs math-verify must call equal; a checker that cannot is broken, not strict.
+KNOWN_EQUAL = (("\\frac{1}{2}", "0.5"), ("2", "2"), ("\\sqrt{4}", "2"))
+_PACKAGES = ("math-verify", "latex2sympy2_extended", "antlr4-python3-runtime", "sympy")
+
+
+class VerifierUnavailable(RuntimeError):
+    """math-verify cannot run in this environment; the message says why."""
 
 
 class _Deadline(BaseException):
@@ -107,19 +124,58 @@ def _can_use_timer() -> bool:
     )
 
 
+def _versions() -> str:
+    found = []
+    for name in _PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} missing")
+    return ", ".join(found)
+
+
+@functools.cache
+def math_verify_problem() -> str | None:
+    """None when math-verify works in this process, else one line saying why not."""
+    try:
+        _math_verify()
+    except Exception as exc:  # ImportError mostly: an antlr4 runtime it cannot use
+        return f"cannot import math_verify: {type(exc).__name__}: {exc} ({_versions()})"
+    for gold, pred in KNOWN_EQUAL:
+        if not verify_with_deadline(gold, pred, True, MATH_TIMEOUT):
+            return f"math-verify calls {pred!r} unequal to {gold!r} ({_versions()})"
+    return None
+
+
+def require_math_verify() -> None:
+    """Raise :class:`VerifierUnavailable` unless math-verify works in this process."""
+    problem = math_verify_problem()
+    if problem is not None:
+        raise VerifierUnavailable(problem)
+
+
+def verify_checked(gold: str, pred: str, marked: bool, timeout: float) -> bool:
+    """:func:`verify_with_deadline` after :func:`require_math_verify` (the worker's target)."""
+    require_math_verify()
+    return verify_with_deadline(gold, pred, marked, timeout)
+
+
 def math_equal(gold: str, pred: str, marked: bool = True, timeout: float | None = None) -> bool:
-    """Whether ``pred`` equals ``gold`` by math-verify; False on any failure or after
-    ``timeout`` seconds (default :data:`MATH_TIMEOUT`; plus a second of grace off the main
-    thread). Never raises."""
+    """Whether ``pred`` equals ``gold`` by math-verify; False for an answer it cannot
+    parse or that takes over ``timeout`` seconds (default :data:`MATH_TIMEOUT`; plus a
+    second of grace off the main thread). Raises :class:`VerifierUnavailable` when
+    math-verify itself cannot run (here, or in the worker used off the main thread)."""
     timeout = MATH_TIMEOUT if timeout is None else timeout
     if _can_use_timer():
+        require_math_verify()
         return verify_with_deadline(gold, pred, marked, timeout)
     from mhpo_vl.rewards.workers import default_pool
 
-    result = default_pool().call(
-        "mhpo_vl.rewards.mathcheck:verify_with_deadline",
+    status, value = default_pool().call_status(
+        "mhpo_vl.rewards.mathcheck:verify_checked",
         (gold, pred, marked, timeout),
         timeout=timeout + _GRACE,
-        default=False,
     )
-    return bool(result)
+    if status in ("error", "crash"):  # the check raises nothing for a bad answer
+        raise VerifierUnavailable(f"math-verify worker failed: {value}")
+    return status == "ok" and bool(value)

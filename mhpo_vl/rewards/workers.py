@@ -78,6 +78,13 @@ class WorkerPool:
     def call(self, target: str, args: tuple, timeout: float, default: Any = None) -> Any:
         """``target(*args)`` in a worker, at most ``timeout`` seconds; ``default`` on a
         timeout, a crash or an exception in the target."""
+        status, value = self.call_status(target, args, timeout)
+        return value if status == "ok" else default
+
+    def call_status(self, target: str, args: tuple, timeout: float) -> tuple[str, Any]:
+        """``(status, value)``: ``("ok", result)``, ``("timeout", None)``, or
+        ``("error" | "crash", message)`` for an exception in the target or a worker
+        that died or did not start."""
         worker = self._idle.get()
         status, value = "crash", "worker failed"
         try:
@@ -100,7 +107,7 @@ class WorkerPool:
             elif status in ("error", "crash"):
                 self.stats["errors"] += 1
                 self.last_error = str(value)
-        return value if status == "ok" else default
+        return status, value
 
     def close(self) -> None:
         """Kill every started worker (they restart on the next call)."""

@@ -90,7 +90,9 @@ def _pad_right(tensors: Sequence[Tensor], value: float) -> Tensor:
 
 
 class HFEngine:
-    """Batched ``generate`` on the policy's own model (shares its weights: no sync needed)."""
+    """Batched ``generate`` on the policy's own model (shares its weights: no sync needed),
+    in the policy's compute dtype; ``batch_size`` sequences per ``generate`` call (None:
+    all at once), which bounds the KV cache's memory."""
 
     def __init__(self, policy: Policy, *, batch_size: int | None = None) -> None:
         self.policy = policy
@@ -110,7 +112,7 @@ class HFEngine:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.policy.autocast():
                 for start in range(0, B, step):
                     sub = prompt.select(range(start, min(B, start + step))).to(device)
                     ids, lps = self._generate(sub, params)
