@@ -143,6 +143,10 @@ def setup(cfg: Recipe) -> Run:
     _check_verifiers()
     acc = make_accelerator()
     out = Path(cfg.trainer.output_dir)
+    if acc.is_main_process:
+        for name in checkpoint.clean_leftovers(out):  # of a save or prune that was killed
+            log.info("removed %s, left by an interrupted run", out / name)
+    acc.wait_for_everyone()
     ckpt = checkpoint.latest_checkpoint(out) if cfg.trainer.resume else None
     torch.manual_seed(cfg.seed)
     m = cfg.model
