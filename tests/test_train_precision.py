@@ -66,6 +66,24 @@ def test_bf16_resume_is_exact(tmp_path):
 
 
 @pytest.mark.slow
+def test_bf16_through_every_update_path(tmp_path):
+    """Reference model (KL), dynamic sampling (concatenated rounds), micro-batches,
+    recomputed old log-probs over two epochs, eval: all under bfloat16 autocast."""
+    out = tmp_path / "paths"
+    _train(
+        RECIPE, out, "model.dtype=bfloat16", "algorithm.kl_coef=0.05",
+        "algorithm.dynamic_sampling.enabled=true", "trainer.micro_batch_size=3",
+        "trainer.old_logprobs=recompute", "trainer.update_epochs=2", "trainer.max_steps=2",
+        "eval.at_start=false", "eval.every=2", "eval.size=8",
+    )  # fmt: skip
+    records = _metrics(out)
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["kl_mean"]) and r["skipped_steps"] == 0
+    assert "eval/accuracy" in records[-1]
+
+
+@pytest.mark.slow
 def test_non_finite_updates_are_skipped_then_the_run_stops(tmp_path):
     """lr 1e4: the first update blows the weights up, later losses are NaN. Those updates
     are skipped and counted, three in a row stop the run with one line, and no
@@ -96,7 +114,13 @@ def _reward_file(tmp_path, body: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "returned, shown",
-    [("float('nan')", "nan"), ("None", "None"), ("'1.0'", "'1.0'"), ("1 / 0", "ZeroDivision")],
+    [
+        ("float('nan')", "nan"),
+        ("float('-inf')", "-inf"),
+        ("None", "None"),
+        ("'1.0'", "'1.0'"),
+        ("1 / 0", "ZeroDivision"),
+    ],
 )
 def test_a_reward_that_always_fails_stops_the_run_naming_it(tmp_path, returned, shown):
     path = _reward_file(tmp_path, f"def broken(response, row):\n    return {returned}\n")
