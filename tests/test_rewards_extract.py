@@ -97,3 +97,26 @@ def test_official_normalization():
     assert normalize_answer("[1, 2]", None, "free_form", "list") == "[1, 2]"
     assert normalize_answer("N/A", None, "free_form", "integer") is None
     assert normalize_answer(None, None, "free_form", "float", 1) is None
+
+
+def test_every_mark_of_a_kind_in_order():
+    from mhpo_vl.rewards.extract import answer_marks, boxed_contents, first_sentence, tag_contents
+
+    assert tag_contents("<answer>1</answer> x <ANSWER> 2 </answer>") == ["1", "2"]
+    assert tag_contents("<answer>a<answer>b</answer>") == ["b"]  # the last opening pairs
+    assert boxed_contents("\\boxed{1} \\boxed{\\frac{a}{b}} \\boxed{open") == ["1", "\\frac{a}{b}"]
+    assert first_sentence("(C) 40°. Since the angles add up") == "(C) 40°"
+    assert first_sentence("3.5 cm") == "3.5 cm"  # a decimal point ends no sentence
+    assert answer_marks("\\boxed{1} <answer>2</answer>") == ("tag", ["2"])
+    assert answer_marks("Answer: 4.\nThe answer is 5") == ("phrase", ["4", "5"])
+    assert answer_marks("选项 (A) 30\n选项 (B) 36") == ("none", [])  # an option listing
+    assert answer_marks("no answer here") == ("none", [])
+
+
+def test_extraction_reads_the_tail_only():
+    from mhpo_vl.rewards.extract import TAIL_CHARS
+
+    early = "\\boxed{7}" + " " * TAIL_CHARS
+    assert last_boxed(early) is None  # out of the window
+    assert last_boxed(early + "\\boxed{8}") == "8"
+    assert extract_answer("x" * 10 * TAIL_CHARS + " so 3", None, "integer") == "3"

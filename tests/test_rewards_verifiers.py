@@ -237,3 +237,28 @@ def test_overlong_penalty(length, expected):
 def test_overlong_penalty_rejects_bad_buffer():
     with pytest.raises(ValueError, match="buffer"):
         overlong_penalty(10, 100, 0)
+
+
+def test_format_reward_on_megabyte_inputs():
+    fn = REWARDS.get("think_answer_format")
+    start = time.perf_counter()
+    assert fn("<think>" + "x" * 1_000_000 + "</think><answer>1</answer>", MC) == 1.0
+    assert fn("<think>" + "<answer>" * 100_000, MC) == 0.0
+    assert fn("<think>a</think>" + " " * 1_000_000 + "<answer>1</answer>", MC) == 1.0
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    "response, row, expected",
+    [
+        ("<answer>36</answer><answer>30</answer>", MC, 0.0),  # one answer per option
+        ("\\boxed{4} or \\boxed{5}", INT, 0.0),
+        ("\\boxed{x = 4}", INT, 1.0),
+        ("\\boxed{5 = 4}", INT, 0.0),  # a false equation states nothing
+        ("\\boxed{0.5 = \\frac{1}{2}}", FREE, 1.0),
+        ("\\boxed{2 = \\frac{1}{2}}", FREE, 0.0),
+        ("\\boxed{\\frac{1}{2} + __import__('os')}", FREE, 0.0),
+    ],
+)
+def test_one_answer_one_candidate(response, row, expected):
+    assert REWARDS.get("accuracy")(response, row) == expected
