@@ -9,7 +9,7 @@ dotted keys and YAML values: ``trainer.max_steps=10``, ``algorithm.loss.c=2.0``,
 Values are checked against :data:`CHECKS`, one table from dotted key to its valid
 range or names, then against the few rules that relate two keys (:data:`CROSS_RULES`);
 every failure is one line, ``<dotted key>: must be <range>, got <value>``. Recipe files
-and override values are read by :class:`BoundedLoader`: at most 1 MiB, no YAML anchors
+and override values are read by :class:`~mhpo_vl.recipe_yaml.BoundedLoader`: at most 1 MiB, no YAML anchors
 or aliases, nesting at most 32 deep.
 """
 
@@ -27,7 +27,21 @@ from typing import Any
 
 import yaml
 
+from mhpo_vl.checks import (
+    COUNT,
+    FRACTION,
+    OPTIONAL_COUNT,
+    SEED,
+    Check,
+    Length,
+    OneOf,
+    Range,
+    above,
+    at_least,
+    is_number,
+)
 from mhpo_vl.errors import UserError
+from mhpo_vl.recipe_yaml import MAX_RECIPE_BYTES, load_yaml
 
 
 @dataclass
@@ -188,115 +202,11 @@ class Recipe:
 # is skipped. Rules that relate two fields are the small functions in CROSS_RULES.
 
 
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class Range:
-    """A finite number within ``low``/``high`` (closed ends unless ``*_open``); with
-    ``none_ok``, ``None`` (the field's "off" or "automatic" value) is valid too."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    none_ok: bool = False
-
-    def bounds(self) -> str:
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"in {left}{_fmt(lo)}, {_fmt(hi)}{right}"
-        if lo is not None:
-            return f"{'>' if self.low_open else '>='} {_fmt(lo)}"
-        if hi is not None:
-            return f"{'<' if self.high_open else '<='} {_fmt(hi)}"
-        return ""
-
-    def describe(self) -> str:
-        text = self.bounds() or "a finite number"
-        return f"None or {text}" if self.none_ok else text
-
-    def _within(self, x: float) -> bool:
-        lo, hi = self.low, self.high
-        above = lo is None or (x > lo if self.low_open else x >= lo)
-        below = hi is None or (x < hi if self.high_open else x <= hi)
-        return above and below
-
-    def problem(self, value: Any) -> str | None:
-        if value is None and self.none_ok:
-            return None
-        if not _is_number(value) or not math.isfinite(value):
-            return f"must be a finite number {self.bounds()}".rstrip() + f", got {value!r}"
-        if not self._within(value):
-            return f"must be {self.describe()}, got {value!r}"
-        return None
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of a few names; ``choices`` may be a function (a lazy import)."""
-
-    choices: tuple[str, ...] | Callable[[], Iterable[str]]
-
-    def describe(self) -> str:
-        return "one of " + ", ".join(self.names())
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.choices() if callable(self.choices) else self.choices)
-
-    def problem(self, value: Any) -> str | None:
-        names = self.names()
-        return None if value in names else f"unknown {value!r}; valid: {', '.join(names)}"
-
-
-@dataclass(frozen=True)
-class Length:
-    """A list with at least ``low`` (and at most ``high``) items."""
-
-    low: int
-    high: int | None = None
-
-    def describe(self) -> str:
-        if self.high == self.low:
-            return f"exactly {self.low} values"
-        return f"at least {self.low} entr{'y' if self.low == 1 else 'ies'}" + (
-            f" and at most {self.high}" if self.high is not None else ""
-        )
-
-    def problem(self, value: Any) -> str | None:
-        n = len(value)
-        if n < self.low or (self.high is not None and n > self.high):
-            return f"must list {self.describe()}, got {value!r}"
-        return None
-
-
-Check = Range | OneOf | Length
-
-
 def _dtype_names() -> Iterable[str]:
     from mhpo_vl.models.policy import DTYPES  # lazy: torch is heavy
 
     return DTYPES
 
-
-def at_least(low: float, *, none_ok: bool = False) -> Range:
-    return Range(low=low, none_ok=none_ok)
-
-
-def above(low: float) -> Range:
-    return Range(low=low, low_open=True)
-
-
-SEED = Range(0, 2**32 - 1)
-FRACTION = Range(0, 1)
-COUNT = at_least(1)
-OPTIONAL_COUNT = at_least(1, none_ok=True)
 
 CHECKS: dict[str, Check] = {
     "seed": SEED,
@@ -422,7 +332,18 @@ def _some_reward_counts(recipe: Recipe) -> str | None:
     return None
 
 
+def _master_weights_hold_the_compute_dtype(recipe: Recipe) -> str | None:
+    m = recipe.model
+    if m.master_dtype in ("float32", m.dtype):
+        return None
+    return (
+        f"model.master_dtype: must be float32 (mixed precision) or the compute dtype "
+        f"{m.dtype!r} (pure), got {m.master_dtype!r}"
+    )
+
+
 CROSS_RULES: tuple[Callable[[Recipe], str | None], ...] = (
+    _master_weights_hold_the_compute_dtype,
     _minibatches_divide_the_batch,
     _rollout_logprobs_need_temperature_1,
     _overlong_buffer_fits,
@@ -529,63 +450,6 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
             v = {**default(), **v}  # a free-form mapping (algorithm.loss) merges over its default
         kwargs[k] = _coerce(v, hints[k], key)
     return cls(**kwargs)
-
-
-# ---------------------------------------------------------------- reading YAML, bounded
-
-MAX_RECIPE_BYTES = 1 << 20
-"""A recipe or override larger than this (1 MiB) is refused before parsing."""
-MAX_YAML_DEPTH = 32
-"""Mappings and lists nested deeper than this are refused (recipes use about 4)."""
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses anchors and aliases and deep nesting.
-
-    A recipe has no use for ``&name`` / ``*name`` (or ``<<: *name``), and aliases are how
-    a few hundred bytes expand to gigabytes (the "billion laughs"); they are refused at
-    the first one, before anything is expanded.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise UserError(
-                f"line {line}: YAML anchors and aliases (&name, *name, <<: *name) are not "
-                "allowed in a recipe; write the values out"
-            )
-        if self._depth >= MAX_YAML_DEPTH:
-            raise UserError(f"line {line}: nested deeper than {MAX_YAML_DEPTH} levels")
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def load_yaml(text: str) -> Any:
-    """Parse one YAML document with :class:`BoundedLoader`; every failure is a one-line
-    ``UserError``."""
-    if len(text) > MAX_RECIPE_BYTES:
-        raise UserError(f"{len(text)} characters is over the limit of {MAX_RECIPE_BYTES}")
-    loader = BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    except UserError:  # refused by BoundedLoader: already one line
-        raise
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise UserError(f"not valid YAML: {where}{exc.problem or exc.context}") from None
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an int of 5000 digits
-        raise UserError(f"not valid YAML: {' '.join(str(exc).split())}") from None
-    finally:
-        loader.dispose()
 
 
 # ---------------------------------------------------------------- overrides, files, checks
@@ -741,7 +605,7 @@ def _loss_param(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, str):
             raise UserError(f"{key}: expected str, got {value!r}")
         return value
-    if default is not None and not _is_number(default):
+    if default is not None and not is_number(default):
         return value
     if value is None and default is None:
         return None
@@ -750,7 +614,7 @@ def _loss_param(key: str, value: Any, default: Any) -> Any:
             value = float(value)
         except ValueError:
             raise UserError(f"{key}: expected a number, got {value!r}") from None
-    if not _is_number(value) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise UserError(f"{key}: must be a finite number, got {value!r}")
     return value
 

@@ -140,6 +140,10 @@ def test_bad_value_exits_2_with_one_line_naming_key_and_range(capsys, tmp_path, 
 # ---------------------------------------------------------------- cross-field rules
 
 CROSS = [
+    (
+        ["model.dtype=float16", "model.master_dtype=bfloat16"],
+        "model.master_dtype: must be float32 (mixed precision) or the compute dtype 'float16'",
+    ),
     (["trainer.minibatches=3"], "trainer.minibatches (3) must divide"),
     (
         ["trainer.old_logprobs=rollout", "rollout.temperature=0.7"],
