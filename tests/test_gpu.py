@@ -31,10 +31,13 @@ def vl_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize(
-    "dtype, master, tol", [("float32", "float32", 1e-4), ("bfloat16", "float32", 0.1)]
-)
-def test_sample_logprobs_match_reforward_on_cuda(vl_dir, dtype, master, tol):
+# generate (KV cache, one token at a time) and a full re-forward run different kernels:
+# float32 agrees closely; under bfloat16 autocast, to bfloat16's resolution
+TOLERANCE = {"float32": (1e-3, 1e-4), "bfloat16": (0.25, 0.02)}  # (max, mean) |difference|
+
+
+@pytest.mark.parametrize("dtype, master", [("float32", "float32"), ("bfloat16", "float32")])
+def test_sample_logprobs_match_reforward_on_cuda(vl_dir, dtype, master):
     policy = load_policy(str(vl_dir), dtype=dtype, master_dtype=master, device="cuda")
     assert next(policy.model.parameters()).device.type == "cuda"
     torch.manual_seed(0)
@@ -47,7 +50,9 @@ def test_sample_logprobs_match_reforward_on_cuda(vl_dir, dtype, master, tol):
         logp, _ = token_logprobs(policy.model, batch)
     mask = batch.response_mask
     assert mask.sum() > len(batch)
-    assert ((logp - batch.sample_logprobs) * mask).abs().max() < tol
+    diff = ((logp - batch.sample_logprobs) * mask).abs()
+    max_tol, mean_tol = TOLERANCE[dtype]
+    assert diff.max() < max_tol and diff.sum() / mask.sum() < mean_tol, (diff.max(), diff.mean())
 
 
 def test_verifiers_work_in_this_environment():
