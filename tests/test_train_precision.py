@@ -55,11 +55,11 @@ def test_pure_bf16_is_asked_for_explicitly_and_warned_about(tmp_path):
 def test_bf16_resume_is_exact(tmp_path):
     full, split = tmp_path / "full", tmp_path / "split"
     args = ["model.dtype=bfloat16", *QUICK]
-    _train(RECIPE, full, "trainer.max_steps=3", *args)
+    _train(RECIPE, full, "trainer.max_steps=2", *args)
     _train(RECIPE, split, "trainer.max_steps=1", *args)
-    res = _train(RECIPE, split, "trainer.max_steps=3", *args)
+    res = _train(RECIPE, split, "trainer.max_steps=2", *args)
     assert "resumed from" in res.stderr
-    a, b = _weights(full / "checkpoint-3"), _weights(split / "checkpoint-3")
+    a, b = _weights(full / "checkpoint-2"), _weights(split / "checkpoint-2")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [r["loss"] for r in _metrics(full)] == [r["loss"] for r in _metrics(split)]
@@ -112,18 +112,10 @@ def _reward_file(tmp_path, body: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "returned, shown",
-    [
-        ("float('nan')", "nan"),
-        ("float('-inf')", "-inf"),
-        ("None", "None"),
-        ("'1.0'", "'1.0'"),
-        ("1 / 0", "ZeroDivision"),
-    ],
-)
-def test_a_reward_that_always_fails_stops_the_run_naming_it(tmp_path, returned, shown):
-    path = _reward_file(tmp_path, f"def broken(response, row):\n    return {returned}\n")
+def test_a_reward_that_always_fails_stops_the_run_naming_it(tmp_path):
+    """Every kind of bad value is counted the same way (tests/test_rewards_failures.py);
+    here, through the trainer: the run stops at the first step, naming reward and value."""
+    path = _reward_file(tmp_path, "def broken(response, row):\n    return float('nan')\n")
     out = tmp_path / "run"
     res = _train(
         RECIPE, out, f"rewards=[{{name: '{path}:broken', weight: 1.0}}]",
@@ -131,7 +123,7 @@ def test_a_reward_that_always_fails_stops_the_run_naming_it(tmp_path, returned, 
     )  # fmt: skip
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert "my_reward.py:broken" in last and "failed on 16 of 16" in last and shown in last
+    assert "my_reward.py:broken" in last and "failed on 16 of 16" in last and "nan" in last
     assert not list(out.glob("checkpoint-*"))
 
 
