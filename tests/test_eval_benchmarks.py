@@ -305,3 +305,84 @@ def test_cli_eval_run_with_the_real_engine_on_the_tiny_model(tmp_path, monkeypat
     problems = (out / "synthetic_text" / "samples.jsonl").read_text().splitlines()
     assert [len(json.loads(p)["responses"]) for p in problems] == [2, 2, 2, 2]
     assert (out / "table.md").read_text().startswith("| method | synthetic_text | avg |")
+
+
+def test_every_hub_entry_records_its_card_and_reads_only_card_columns():
+    for name in BENCHMARKS:
+        bench = BENCHMARKS.get(name)
+        if bench.loader is not None:
+            continue
+        assert bench.card_columns and bench.verified, name
+        assert "2026-11-25" in bench.verified, name
+        assert set(bench.columns.values()) <= set(bench.card_columns), name
+        if bench.image_column:
+            assert bench.image_column in bench.card_columns, name
+
+
+def _parquet(path: Path, records: list[dict], features: dict) -> str:
+    import datasets
+
+    datasets.Dataset.from_list(records, features=datasets.Features(features)).to_parquet(str(path))
+    return str(path)
+
+
+def test_amc23_card_schema_float_answer_reads_as_the_integer(tmp_path):
+    from datasets import Value
+
+    features = {
+        "id": Value("int64"),
+        "problem": Value("string"),
+        "answer": Value("float64"),
+        "url": Value("string"),
+        "question": Value("string"),
+    }
+    records = [
+        {"id": 0, "problem": "p0", "answer": 27.0, "url": "u", "question": "How many?"},
+        {"id": 1, "problem": "p1", "answer": 0.5, "url": "u", "question": "Half?"},
+    ]
+    rows = load_benchmark("amc23", source=_parquet(tmp_path / "t.parquet", records, features))
+    assert [(r["id"], r["question"], r["answer"]) for r in rows] == [
+        ("0", "How many?", "27"),
+        ("1", "Half?", "0.5"),
+    ]
+    assert rows[0]["question_type"] == "free_form" and rows[0]["choices"] is None
+
+
+def test_hmmt25_card_schema(tmp_path):
+    from datasets import Sequence, Value
+
+    features = {
+        "problem_idx": Value("int64"),
+        "problem": Value("string"),
+        "answer": Value("string"),
+        "problem_type": Sequence(Value("string")),
+    }
+    records = [{"problem_idx": 1, "problem": "Compute 9!", "answer": "362880", "problem_type": []}]
+    rows = load_benchmark("hmmt25", source=_parquet(tmp_path / "t.parquet", records, features))
+    assert (rows[0]["id"], rows[0]["question"], rows[0]["answer"]) == ("1", "Compute 9!", "362880")
+
+
+def test_wemath_card_schema_with_image_feature(tmp_path):
+    from datasets import Image as ImageFeature
+    from datasets import Value
+
+    cols = ("ID", "split", "knowledge concept", "question", "option", "answer", "key")
+    features = {c: Value("string") for c in cols}
+    features |= {"image_path": ImageFeature(), "question number": Value("int64")}
+    features["knowledge concept description"] = Value("string")
+    record = {
+        "ID": "1-1",
+        "split": "testmini",
+        "knowledge concept": "Area",
+        "question": "Which?",
+        "option": "A. 12 cm; B. 14 cm",
+        "answer": "B",
+        "key": "2steps_1",
+        "image_path": Image.new("RGB", (8, 8), "red"),
+        "question number": 1,
+        "knowledge concept description": "d",
+    }
+    rows = load_benchmark("wemath", source=_parquet(tmp_path / "t.parquet", [record], features))
+    assert rows[0]["id"] == "1-1" and rows[0]["choices"] == ["12 cm", "14 cm"]
+    assert rows[0]["answer"] == "14 cm" and rows[0]["image"].size == (8, 8)
+    assert rows[0]["metadata"] == {"knowledge concept": "Area", "key": "2steps_1"}

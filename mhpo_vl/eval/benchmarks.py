@@ -4,10 +4,10 @@ prompt and how to score.
 Every entry maps its source columns onto the problem-row schema of
 :mod:`mhpo_vl.data.templates` (``id, question, answer, choices, image, answer_type,
 precision, question_type`` plus ``metadata``); scoring then goes through the same
-verifiers as the training rewards. Hub ids and columns follow EVALUATION.md and the
-dataset cards; the entries marked ``verify`` in their notes have not been checked
-against a download here (no network), and a local copy of the same schema can always be
-passed instead of the hub id.
+verifiers as the training rewards. Hub ids, splits and columns were checked against the
+dataset cards (read through a search index on 2026-11-25, no download): each entry's
+``card_columns`` and ``verified`` say what was read where, and what could not be read.
+A local copy of the same schema can always be passed instead of the hub id.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from mhpo_vl.eval.mathvista import BREAKDOWN_KEYS, GOLD_FIELDS, build_query
 from mhpo_vl.registry import Registry
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+CHECKED = "2026-11-25"
+UNVERIFIED = "unverified: no dataset card was read for this entry"
 Row = dict[str, Any]
 
 
@@ -30,7 +32,12 @@ class Benchmark:
     """One benchmark. ``to_row(record, split)`` converts a source record; ``splits``
     lists what is read (several for DynaMath's variants); ``scorer`` names a reward in
     :data:`mhpo_vl.rewards.REWARDS`; ``group_by`` names the row field that identifies the
-    same question across splits (for worst-case accuracy)."""
+    same question across splits (for worst-case accuracy).
+
+    ``card_columns`` lists the columns the hub dataset card (its ``dataset_info``)
+    declares and ``verified`` says where that was read and when, or starts with
+    "unverified:" and the reason: the hub cannot be reached from here, so the cards
+    were read through a search index, and what could not be read is said, not guessed."""
 
     name: str
     hub_id: str
@@ -44,6 +51,8 @@ class Benchmark:
     breakdown_keys: tuple[str, ...] = ()
     columns: Mapping[str, str] = field(default_factory=dict)
     notes: str = ""
+    card_columns: tuple[str, ...] = ()
+    verified: str = UNVERIFIED
     loader: Callable[[Benchmark, int | None], list[Row]] | None = None
 
 
@@ -55,6 +64,10 @@ def _add(bench: Benchmark) -> Benchmark:
 
 
 def _str(value: Any) -> str:
+    """Text of a cell; a whole float (AMC23's ``answer`` is float64 on the card) is
+    written without its ".0", so the gold "27.0" reads "27" as the problem states it."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return "" if value is None else str(value).strip()
 
 
@@ -163,6 +176,22 @@ _add(
         breakdown_keys=BREAKDOWN_KEYS,
         columns={"id": "pid", "image": "decoded_image"},
         notes="1000 items; scored with the official normalization (mhpo_vl.eval.mathvista)",
+        card_columns=(
+            "pid",
+            "question",
+            "image",
+            "decoded_image",
+            "choices",
+            "unit",
+            "precision",
+            "answer",
+            "question_type",
+            "answer_type",
+            "metadata",
+            "query",
+        ),
+        verified=f"card AI4Math/MathVista (dataset_info: splits testmini 1000, test 5141; "
+        f"config default), read {CHECKED}",
     )
 )
 
@@ -196,6 +225,22 @@ _add(
             "image": "image",
         },
         notes="3940 items (5 problem versions); multi-choice options parsed from the question",
+        card_columns=(
+            "sample_index",
+            "problem_index",
+            "problem_version",
+            "question",
+            "image",
+            "answer",
+            "question_type",
+            "metadata",
+            "query_wo",
+            "query_cot",
+            "question_for_eval",
+        ),
+        verified=f"card AI4Math/MathVerse: configs testmini (split testmini, 3940) and "
+        f"testmini_text_only (788); columns from the card's dataset_info as mirrored in "
+        f"the lmms-eval copy (CaraJ/MathVerse-lmmseval), read {CHECKED}",
     )
 )
 
@@ -224,6 +269,19 @@ for _split in ("test", "testmini"):
                 "image": "decoded_image",
             },
             notes="test 3040 / testmini 304; letter answers mapped to option text",
+            card_columns=(
+                "id",
+                "question",
+                "options",
+                "image",
+                "decoded_image",
+                "answer",
+                "solution",
+                "level",
+                "subject",
+            ),
+            verified=f"card MathLLMs/MathVision (dataset_info: test 3040, testmini 304; "
+            f"config default), read {CHECKED}",
         )
     )
 
@@ -250,7 +308,24 @@ _add(
             "answer": "answer",
             "image": "image_path",
         },
-        notes="plain accuracy; WeMath's composite loose/strict metrics are not implemented",
+        notes="plain accuracy; WeMath's composite loose/strict metrics are not implemented; "
+        "1740 items expected on testmini (not confirmed on a card)",
+        card_columns=(
+            "ID",
+            "split",
+            "knowledge concept",
+            "question",
+            "option",
+            "answer",
+            "image_path",
+            "key",
+            "question number",
+            "knowledge concept description",
+        ),
+        verified=f"partly: We-Math/We-Math's own card was not found by the search tool; "
+        f"split 'testmini' and these columns (image_path an Image) from a derived copy's "
+        f"dataset_info (ttlynne/We-Math_cot_clean, which adds 'cot' and 'image') and "
+        f"public loaders of We-Math/We-Math, read {CHECKED}",
     )
 )
 
@@ -279,7 +354,24 @@ _add(
         image_column="image",
         breakdown_keys=("skill",),
         columns={"id": "id", "question": "question", "answer": "answer", "image": "image"},
-        notes="verify columns on the card; gold may name several letters ('A, C')",
+        notes="gold may name several letters ('A, C'); 448 items per the paper (not "
+        "confirmed on a card)",
+        card_columns=(
+            "id",
+            "question",
+            "answer",
+            "reasoning",
+            "image",
+            "skill",
+            "broad_capability",
+            "specific_capability",
+            "imagesource",
+            "sourcelink",
+            "liscenced",
+        ),
+        verified=f"unverified: the card of lscpku/LogicVista was not found by the search "
+        f"tool; columns and split 'test' as observed by public evaluation scripts that "
+        f"load it, read {CHECKED}",
     )
 )
 
@@ -312,6 +404,18 @@ _add(
             "image": "decoded_image",
         },
         notes="501 questions x 10 variants; reports average case and worst case (all variants)",
+        card_columns=(
+            "id",
+            "question",
+            "image",
+            "decoded_image",
+            "ground_truth",
+            "answer_type",
+            "subject",
+            "knowledge_level",
+        ),
+        verified=f"card DynaMath/DynaMath_Sample (config default, splits sample_variant1.."
+        f"sample_variant10, 501 each), read {CHECKED}",
     )
 )
 
@@ -333,11 +437,62 @@ def text_row(question_col: str, answer_col: str, id_col: str | None = None) -> C
     return convert
 
 
-for _name, _hub, _split, _q, _a, _id, _note in (
-    ("math500", "HuggingFaceH4/MATH-500", "test", "problem", "answer", "unique_id", "500 items"),
-    ("aime24", "HuggingFaceH4/aime_2024", "train", "problem", "answer", "id", "30 items"),
-    ("aime25", "math-ai/aime25", "test", "problem", "answer", "id", "30 items; verify id"),
-    ("amc23", "math-ai/amc23", "test", "question", "answer", "id", "40 items; verify id"),
+_MATHARENA = ("problem_idx", "problem", "answer", "problem_type")
+_TEXT = (
+    # name, hub id, split, question, answer, id column, notes, card columns, verified
+    (
+        "math500",
+        "HuggingFaceH4/MATH-500",
+        "test",
+        "problem",
+        "answer",
+        "unique_id",
+        "500 items",
+        ("problem", "solution", "answer", "subject", "level", "unique_id"),
+        "partly: HuggingFaceH4/MATH-500's own card was not returned by the search tool; "
+        f"split test (500) and columns from copies that mirror its dataset_info "
+        f"(lmms-lab/MATH500, macabdul9/MATH-500), read {CHECKED}",
+    ),
+    (
+        "aime24",
+        "HuggingFaceH4/aime_2024",
+        "train",
+        "problem",
+        "answer",
+        "id",
+        "30 items",
+        ("id", "problem", "solution", "answer", "url"),
+        "unverified: the card of HuggingFaceH4/aime_2024 was not returned by the search "
+        "tool; 30 rows per the hub's listing, split 'train' and columns from public "
+        f"loaders, read {CHECKED}",
+    ),
+    (
+        "aime25",
+        "math-ai/aime25",
+        "test",
+        "problem",
+        "answer",
+        "id",
+        "30 items (AIME 2025 I and II); one file test.jsonl",
+        ("id", "problem", "answer"),
+        "partly: math-ai/aime25's card (265 bytes) declares no features; the repo holds "
+        "one test.jsonl (split 'test'); columns id/problem/answer from public loaders "
+        f"of it, read {CHECKED}",
+    ),
+    (
+        "amc23",
+        "math-ai/amc23",
+        "test",
+        "question",
+        "answer",
+        "id",
+        "40 items (AMC 12 2023); answer is float64 on the card ('27.0' is read as '27')",
+        ("id", "problem", "answer", "url", "question"),
+        "partly: math-ai/amc23 holds test-00000-of-00001.parquet (split 'test'); the "
+        "features (id int64, problem, answer float64, url, question) from a copy's "
+        f"dataset_info (FlippyDora/amc23, 40 rows) and loaders of math-ai/amc23, read "
+        f"{CHECKED}",
+    ),
     (
         "hmmt25",
         "MathArena/hmmt_feb_2025",
@@ -345,9 +500,15 @@ for _name, _hub, _split, _q, _a, _id, _note in (
         "problem",
         "answer",
         "problem_idx",
-        "30 items (Feb 2025); verify id",
+        "30 items (Feb 2025)",
+        _MATHARENA,
+        "MathArena/hmmt_feb_2025: config default, split train, 30 rows (hub listing); "
+        "the card's own dataset_info was not returned, its columns are those of every "
+        f"MathArena card read (hmmt_feb_2026, cmimc_2025, brumo_2025), read {CHECKED}",
     ),
-):
+)
+
+for _name, _hub, _split, _q, _a, _id, _note, _card, _verified in _TEXT:
     _add(
         Benchmark(
             name=_name,
@@ -357,6 +518,8 @@ for _name, _hub, _split, _q, _a, _id, _note in (
             scorer="math_answer",
             columns={"id": _id, "question": _q, "answer": _a},
             notes=_note,
+            card_columns=_card,
+            verified=_verified,
         )
     )
 
@@ -385,5 +548,6 @@ for _name, _kind in (("synthetic", "vision"), ("synthetic_text", "text")):
             loader=_synthetic_loader(_kind),
             breakdown_keys=("task",),
             notes=f"the embedded synthetic {_kind} task, held-out split (400 by default)",
+            verified="n/a: generated in process, no hub dataset",
         )
     )

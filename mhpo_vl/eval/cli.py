@@ -18,6 +18,8 @@ wrong. With --use-extraction the file's own 'extraction' field (e.g. GPT-4's) go
 through the official normalization, edit-distance fallback included, reproducing the
 official scorer. Writes OUT_DIR/output.json (the same layout with our 'extraction',
 'prediction', 'true_false') and OUT_DIR/scores.json (the official scores layout).
+When the file carries its own 'true_false', prints how often our verdict agrees with
+it, overall and by question_type, and the pids where they differ.
 """
 
 RUN_HELP = """\
@@ -46,8 +48,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(f"items without a response (scored wrong): {len(summary.missing_response)}")
     if args.use_extraction and summary.missing_extraction:
         print(f"items without an extraction: {len(summary.missing_extraction)}")
+    _print_agreement(args.predictions, args.out_dir)
     print(f"wrote {args.out_dir}/output.json and {args.out_dir}/scores.json")
     return 0
+
+
+def _print_agreement(predictions: str, out_dir: str) -> None:
+    """When the predictions file carries its own ``true_false``, print how often our
+    verdicts (``OUT_DIR/output.json``) agree with it, so a scoring gap shows at once."""
+    from pathlib import Path
+
+    from mhpo_vl.eval.agreement import agreement_lines, compare_verdicts
+    from mhpo_vl.eval.mathvista import read_json
+
+    output = Path(out_dir) / "output.json"
+    found = compare_verdicts(read_json(predictions, "predictions"), read_json(output, "output"))
+    for line in agreement_lines(found, str(output)) if found else []:
+        print(line)
 
 
 def _parse_data(pairs: list[str]) -> dict[str, str]:
