@@ -102,6 +102,27 @@ def test_rule_based_extraction_agrees_with_official_verdicts(model, well_formed,
 
 
 @needs_shared
+@pytest.mark.parametrize(
+    "model, official, strict", [("gpt4", 0.955, 0.87), ("chatgpt", 0.985, 0.97)]
+)
+def test_eval_path_agrees_on_every_item(model, official, strict):
+    """All 1000 items, refusals included: the evaluation path (rule-based extraction,
+    official edit-distance fallback when it abstains) against the official verdicts; the
+    training reward's strictness (``fallback="none"``) for comparison."""
+    items = _load(model)
+    rates = {}
+    for fallback in ("official", "none"):
+        results, _ = score_items(items, fallback=fallback)
+        same = sum(results[p]["true_false"] == items[p].get("true_false", False) for p in items)
+        rates[fallback] = same / len(items)
+    print(
+        f"\n{model}: all items, official fallback {100 * rates['official']:.1f}%,"
+        f" strict {100 * rates['none']:.1f}%"
+    )
+    assert rates["official"] >= official and rates["none"] >= strict
+
+
+@needs_shared
 def test_query_builder_matches_official_queries():
     """Exact for 990 items. In the other 10 the stored query's choice list differs from the
     item's ``choices`` (reordered or edited after the queries were made; the official

@@ -337,3 +337,38 @@ def test_embedded_default_targets_all_score_one():
             assert REWARDS.get("accuracy")(response, row) == 1.0, (response, row)
         if row["choices"]:  # the choice text itself is an answer too
             assert REWARDS.get("accuracy")(row["answer"], row) == 1.0
+
+
+YES_NO = {
+    "question": "Is Periwinkle the maximum?",
+    "answer": "no",
+    "choices": ["yes", "no"],
+    "question_type": "multi_choice",
+    "answer_type": "text",
+}
+SENTENCE_JUNK = {  # shapes the sentence rules of the evaluation path read
+    "is_spaces": "it is B" + " " * MB + "x",
+    "answer_is_spaces": "the answer is" + " " * MB + "no",
+    "or_spaces": "1" + " " * MB + "or 2",
+    "not_digits": "not " + "1" * MB,
+    "cannot_words": "cannot " * (MB // 7),
+    "number_words": "there are two " * (MB // 14),
+    "letters_is": "A is the correct " * (MB // 17),
+    "echo": "(A) 30 (B) 36 " * (MB // 14),
+}
+
+
+@pytest.mark.parametrize("name", sorted({**JUNK, **SENTENCE_JUNK}))
+def test_eval_path_sentence_rules_are_bounded(name):
+    """The evaluation path reads statements when no answer is marked: every rule runs
+    on the tail only and stays linear (no answer mark here, so all of them run)."""
+    junk = {**JUNK, **SENTENCE_JUNK}[name]
+    for row in (MC, YES_NO, INT, {**INT, "answer_type": "float", "precision": 1}):
+        _timed(
+            score_item,
+            {**row, "answer_type": row.get("answer_type", "text"), "response": junk},
+            False,
+        )
+    item = {**YES_NO, "response": junk + "\nPeriwinkle is not the maximum."}
+    marked = name in ("answer_is_repeats", "closed_tags", "options")  # junk that answers
+    assert _timed(score_item, item, False)["true_false"] is not marked

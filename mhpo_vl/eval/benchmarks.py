@@ -31,7 +31,8 @@ Row = dict[str, Any]
 class Benchmark:
     """One benchmark. ``to_row(record, split)`` converts a source record; ``splits``
     lists what is read (several for DynaMath's variants); ``scorer`` names a reward in
-    :data:`mhpo_vl.rewards.REWARDS`; ``group_by`` names the row field that identifies the
+    :data:`mhpo_vl.rewards.REWARDS`, or ``mathvista`` for MathVista's official reading of
+    a response (an eval-only scorer: it guesses where the official pipeline does); ``group_by`` names the row field that identifies the
     same question across splits (for worst-case accuracy).
 
     ``card_columns`` lists the columns the hub dataset card (its ``dataset_info``)
@@ -175,7 +176,8 @@ _add(
         image_column="decoded_image",
         breakdown_keys=BREAKDOWN_KEYS,
         columns={"id": "pid", "image": "decoded_image"},
-        notes="1000 items; scored with the official normalization (mhpo_vl.eval.mathvista)",
+        scorer="mathvista",
+        notes="1000 items; scored as the official pipeline does (mhpo_vl.eval.mathvista)",
         card_columns=(
             "pid",
             "question",

@@ -40,7 +40,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
         raise UserError(f"eval score supports 'mathvista' files, not {args.benchmark!r}")
     scores, summary = score_file(
-        args.predictions, args.out_dir, args.use_extraction, args.annotations
+        args.predictions, args.out_dir, args.use_extraction, args.annotations, args.fallback
     )
     avg = scores["average"]
     print(f"accuracy {avg['accuracy']}% ({avg['correct']}/{avg['total']})")
@@ -145,6 +145,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--annotations",
         default=None,
         help="testmini.json: gold fields by pid (override the file's)",
+    )
+    s.add_argument(
+        "--fallback",
+        choices=["official", "none"],
+        default="official",
+        help="when our extraction finds no answer: 'official' maps the response's last line "
+        "onto the nearest choice as MathVista's scorer does (leaderboard-comparable); "
+        "'none' scores it wrong, as the training rewards do",
     )
     s.set_defaults(func=_cmd_score)
 

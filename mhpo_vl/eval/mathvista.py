@@ -10,9 +10,18 @@ Two ways to score (EVALUATION.md):
 
 - ``use_extraction=True``: take each item's own ``extraction`` (e.g. GPT-4's) through the
   official normalization, edit-distance fallback included; reproduces official verdicts.
-- default: our rule-based extraction from ``response`` (:func:`mhpo_vl.rewards.judge`,
-  the same code as the training reward); a response with no recognizable answer is wrong,
-  never mapped onto the nearest choice.
+- default: our rule-based extraction from ``response``. Two fallbacks, named:
+
+  - ``fallback="official"`` (the evaluation path, default for ``eval score`` / ``eval
+    run``): :func:`~mhpo_vl.rewards.extract.extract_for_eval` reads marked answers and
+    plain statements ("Periwinkle is not the maximum." -> no; "There are 2 items sold
+    less than 5 units." -> 2), then the official normalization; when it abstains
+    (refusal, hedge) the official edit-distance fallback maps the response's last line
+    onto a choice, as the official scorer does with GPT-4's extraction. Scores are
+    comparable with the leaderboard.
+  - ``fallback="none"`` (the training reward's strictness): :func:`mhpo_vl.rewards.judge`;
+    an answer that does not commit to one candidate is wrong, never mapped onto the
+    nearest choice.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mhpo_vl.errors import UserError
+from mhpo_vl.rewards.extract import clean, extract_for_eval, lines, tail
 from mhpo_vl.rewards.normalize import normalize_row_answer
 from mhpo_vl.rewards.verifiers import judge
 
@@ -39,6 +49,7 @@ BREAKDOWN_KEYS = (
     "grade",
     "skills",
 )
+FALLBACKS = ("official", "none")
 REQUIRED = ("question", "answer", "question_type", "answer_type", "choices")
 GOLD_FIELDS = (
     "question",
@@ -140,14 +151,41 @@ def validate_items(
     return items
 
 
-def score_item(item: Mapping[str, Any], use_extraction: bool) -> dict[str, Any]:
-    """``extraction``, ``prediction`` and ``true_false`` for one item."""
+def _official(extraction: Any, item: Mapping[str, Any]) -> dict[str, Any]:
+    prediction = normalize_row_answer(extraction, item, official=True)
+    correct = prediction is not None and prediction == item["answer"]
+    return {"extraction": extraction, "prediction": prediction, "true_false": correct}
+
+
+def eval_extraction(response: Any, item: Mapping[str, Any]) -> str:
+    """The evaluation path's extraction for one item: what the response commits to
+    (:func:`~mhpo_vl.rewards.extract.extract_for_eval`), else, for multiple choice, the
+    response's last line cleaned (the official normalization maps it onto the nearest
+    choice, as it maps GPT-4's extraction of a refusal), else ``""``."""
+    text = tail(str(response or ""))
+    choices = [str(c) for c in item.get("choices") or []] or None
+    found = extract_for_eval(
+        text, choices, item.get("answer_type"), str(item.get("question") or "")
+    )
+    if found is not None:
+        return found
+    if choices and text.strip():
+        return clean((lines(text) or [""])[-1])
+    return ""
+
+
+def score_item(
+    item: Mapping[str, Any], use_extraction: bool, fallback: str = "official"
+) -> dict[str, Any]:
+    """``extraction``, ``prediction`` and ``true_false`` for one item (see the module
+    docstring for ``use_extraction`` and ``fallback``)."""
+    if fallback not in FALLBACKS:
+        raise UserError(f"fallback must be one of {FALLBACKS}, not {fallback!r}")
     if use_extraction:
         extraction = item.get("extraction")
-        extraction = "" if extraction is None else extraction
-        prediction = normalize_row_answer(extraction, item, official=True)
-        correct = prediction is not None and prediction == item["answer"]
-        return {"extraction": extraction, "prediction": prediction, "true_false": correct}
+        return _official("" if extraction is None else extraction, item)
+    if fallback == "official":
+        return _official(eval_extraction(item.get("response"), item), item)
     verdict = judge(item.get("response"), item)
     return {
         "extraction": verdict.extraction if verdict.extraction is not None else "",
@@ -157,7 +195,9 @@ def score_item(item: Mapping[str, Any], use_extraction: bool) -> dict[str, Any]:
 
 
 def score_items(
-    items: Mapping[str, Mapping[str, Any]], use_extraction: bool = False
+    items: Mapping[str, Mapping[str, Any]],
+    use_extraction: bool = False,
+    fallback: str = "official",
 ) -> tuple[dict[str, dict[str, Any]], ScoreSummary]:
     """Score every item; returns the output layout and a summary."""
     out: dict[str, dict[str, Any]] = {}
@@ -168,7 +208,7 @@ def score_items(
             summary.missing_response.append(pid)
         if use_extraction and not item.get("extraction"):
             summary.missing_extraction.append(pid)
-        scored = {**item, **score_item(item, use_extraction)}
+        scored = {**item, **score_item(item, use_extraction, fallback)}
         summary.total += 1
         summary.correct += bool(scored["true_false"])
         out[pid] = scored
@@ -260,13 +300,14 @@ def score_file(
     out_dir: str | Path,
     use_extraction: bool = False,
     annotations: str | Path | None = None,
+    fallback: str = "official",
 ) -> tuple[dict[str, Any], ScoreSummary]:
     """Score a MathVista output file; write ``out_dir/output.json`` and ``scores.json``."""
     gold = read_json(annotations, "annotations") if annotations else None
     if gold is not None and not isinstance(gold, dict):
         raise UserError(f"{annotations}: expected a JSON object mapping pid -> annotation")
     items = validate_items(read_json(predictions, "predictions"), predictions, gold)
-    results, summary = score_items(items, use_extraction)
+    results, summary = score_items(items, use_extraction, fallback)
     scores = scores_layout(results)
     out = Path(out_dir)
     write_json(out / "output.json", results)

@@ -29,7 +29,15 @@ GenerateFn = Callable[[list[dict[str, Any]], int], Sequence[str]]
 
 def score_response(response: str, row: Mapping[str, Any], scorer: str) -> tuple[str | None, float]:
     """``(prediction, score)`` for one sample: the normalized answer (for maj@k) and the
-    verdict of the benchmark's scorer (the same verifiers as the training rewards)."""
+    verdict of the benchmark's scorer: ``mathvista`` reads responses as MathVista's
+    official pipeline does (:func:`mhpo_vl.eval.mathvista.score_item`, official
+    fallback, for leaderboard-comparable numbers); the others are the training
+    rewards' verifiers, which never guess."""
+    if scorer == "mathvista":
+        from mhpo_vl.eval.mathvista import score_item
+
+        scored = score_item({**row, "response": response}, use_extraction=False)
+        return scored["prediction"], float(bool(scored["true_false"]))
     if scorer in ("accuracy", "math_answer", "multiple_choice"):
         verdict = judge(response, row if scorer != "math_answer" else {**row, "choices": None})
         ok = verdict.correct and (scorer != "multiple_choice" or bool(row.get("choices")))

@@ -19,7 +19,9 @@ whatever the gold; otherwise it scores 0 even when the gold is among what it nam
 - a tag or box must name one candidate: one choice (by letter or text), one number
   (units, exponents and a label such as ``x =`` allowed), or one expression; "A or B",
   "A/B", "5 and 6" and ``5 + <code>`` lose. A phrase or an unmarked last line is prose,
-  so there only candidates side by side ("either A or B", "5, 6") lose;
+  so there only candidates side by side ("either A or B", "5, 6") lose, and an unmarked
+  last line that says it is guessing or cannot tell ("maybe 2?", "I cannot count them,
+  possibly 3") loses;
 - an equation names the value of its last side, and every other side must equal it or
   be a name: ``x = 5`` and ``3 + 2 = 5`` state 5; ``6 = 5`` states nothing true.
   ``5 = 5`` scores: it names only 5 and is true, so refusing it would stop no hedge.
@@ -80,6 +82,12 @@ _JUNK = re.compile(r"__|[\"`@#?;]|[A-Za-z]\.[A-Za-z]|[-+*/^]\s*\\(?:text|mathrm|
 # an expression that ends in one of these is cut short ("5 +"): math-verify reads the "5"
 TRAILING_OPS = (*"-+*/^_=<>,([{", "\\cdot", "\\times", "\\div", "\\pm", "\\frac", "\\sqrt")
 _SUBSCRIPT = re.compile(r"_(?:\{[^{}]*\}|\w)")
+# an unmarked response that says it is guessing commits to nothing ("maybe 2?")
+UNSURE = re.compile(
+    r"\b(?:maybe|perhaps|possibly|not\s+sure|unsure|i\s+guess|cannot|can\s*not|unable)\b"
+    r"|\bcan[’']t\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,8 @@ def commits_to_choice(response: str, choices: Sequence[str]) -> bool:
     kind, spans = _marks(response, choices)
     if kind == "none":
         body = lines(response)
+        if body and UNSURE.search(body[-1]):
+            return False
         letters: list[Hashable | None] = list(_paren_letters(response, choices))
         lone = [
             _choice_index(match_choice(s, choices, False), choices) for s in _lone_lines(response)
@@ -265,6 +275,8 @@ def commits_to_number(response: str, answer_type: str) -> bool:
     kind, spans = _marks(response)
     if kind == "none":
         body = lines(response)
+        if body and UNSURE.search(body[-1]):
+            return False
         lone = [_number_key(s, answer_type) for s in _lone_lines(response)]
         return _agree(lone) and (
             not body or _names_one_number(body[-1], answer_type, False, last=True)
