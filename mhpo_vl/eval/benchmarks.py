@@ -178,20 +178,7 @@ _add(
         columns={"id": "pid", "image": "decoded_image"},
         scorer="mathvista",
         notes="1000 items; scored as the official pipeline does (mhpo_vl.eval.mathvista)",
-        card_columns=(
-            "pid",
-            "question",
-            "image",
-            "decoded_image",
-            "choices",
-            "unit",
-            "precision",
-            "answer",
-            "question_type",
-            "answer_type",
-            "metadata",
-            "query",
-        ),
+        card_columns=(*GOLD_FIELDS, "decoded_image", "query"),  # the official fields + 2
         verified=f"card AI4Math/MathVista (dataset_info: splits testmini 1000, test 5141; "
         f"config default), read {CHECKED}",
     )
