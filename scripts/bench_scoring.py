@@ -1,6 +1,6 @@
 """Time MathVista scoring of 1000 items and report agreement with the official verdicts.
 
-    python scripts/bench_scoring.py [--shared ../shared/mathvista] [--repeat 3]
+    python scripts/bench_scoring.py [--shared DIR_WITH_MATHVISTA_OUTPUT_FILES] [--repeat 3]
 
 For each official output file: wall time of scoring all items with our rule-based
 extraction and with ``--use-extraction`` (best of ``--repeat``), the agreement of the

@@ -1,6 +1,6 @@
 """Policy losses, advantage estimators, aggregation and KL: pure torch, no I/O.
 
-The contract is ``ALGORITHMS.md``. The trainer calls :func:`policy_loss` (losses looked up
+The trainer calls :func:`policy_loss` (losses looked up
 by name in :data:`POLICY_LOSSES`) and :func:`compute_advantages` (:data:`ADVANTAGES`).
 Adding a loss is one function registered with :func:`register_policy_loss` in its own
 module, imported below.

@@ -1,4 +1,4 @@
-"""Group-relative advantage estimators over rewards ``R`` [P, G] (``ALGORITHMS.md``).
+"""Group-relative advantage estimators over rewards ``R`` [P, G].
 
 P prompts, G sampled responses each. Every estimator compares a response with its own
 group; the trainer broadcasts the result over the response's tokens.

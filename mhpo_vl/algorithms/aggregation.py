@@ -1,6 +1,6 @@
 """Aggregation: how a per-token loss ``L`` [B, T] under mask ``M`` becomes one scalar.
 
-Which aggregation is in use changes the algorithm (``ALGORITHMS.md``, "Aggregation"):
+Which aggregation is in use changes the algorithm:
 
 - ``token-mean``: ``sum(L*M) / N_tok`` (DAPO): every token weighs the same.
 - ``seq-mean-token-mean``: ``(1/N_seq) sum_i sum_t L*M / sum_t M`` (GRPO, MHPO's paper

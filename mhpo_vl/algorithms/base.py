@@ -9,7 +9,7 @@ defaults *are* its documented parameters; registering it with :func:`register_po
 records them together with the loss's default aggregation, so adding a loss touches only
 the file that defines it.
 
-Notation (``ALGORITHMS.md``): ``d_it = logp_it - old_it`` clamped to ``[-20, 20]``,
+Notation (the paper's): ``d_it = logp_it - old_it`` clamped to ``[-20, 20]``,
 ``r_it = exp(d_it)``, ``A_it`` the advantage broadcast over the tokens of its sequence.
 """
 

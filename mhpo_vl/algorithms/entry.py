@@ -1,4 +1,4 @@
-"""The one entry point the trainer calls: :func:`policy_loss` (``ALGORITHMS.md``).
+"""The one entry point the trainer calls: :func:`policy_loss`.
 
 It looks the loss up by name, checks its parameters, masks and broadcasts the inputs,
 adds the optional KL term, aggregates, and reduces the diagnostics to floats. The trainer

@@ -1,4 +1,4 @@
-"""Per-token KL estimators to a reference policy (``ALGORITHMS.md``, "KL").
+"""Per-token KL estimators to a reference policy.
 
 Schulman's estimators of ``KL(pi_theta || pi_ref)`` from samples of ``pi_theta``
 (J. Schulman, "Approximating KL divergence", 2020), with ``x = ref - logp``:

@@ -1,4 +1,4 @@
-"""The GRPO-family baselines the MHPO paper compares against (``ALGORITHMS.md``, "Baselines").
+"""The GRPO-family baselines the MHPO paper compares against.
 
 Each function returns the per-token loss ``L_it`` [B, T] and its per-token diagnostics,
 keyed by the metric name they become (the entry point takes their masked mean).

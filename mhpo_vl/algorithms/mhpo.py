@@ -1,4 +1,4 @@
-"""MHPO, the paper's method, and its three ablations (``ALGORITHMS.md``, "MHPO").
+"""MHPO, the paper's method, and its three ablations.
 
 MHPO (Wang et al. 2026, arXiv 2603.16929) replaces PPO's hard clip by two smooth parts:
 

@@ -6,7 +6,7 @@ An output file maps ``pid -> item``; an item carries the problem fields (``quest
 ``true_false``. The scores file holds ``average`` and the breakdowns the official
 ``calculate_score.py`` reports, with the same keys, number formats and ordering.
 
-Two ways to score (EVALUATION.md):
+Two ways to score:
 
 - ``use_extraction=True``: take each item's own ``extraction`` (e.g. GPT-4's) through the
   official normalization, edit-distance fallback included; reproduces official verdicts.

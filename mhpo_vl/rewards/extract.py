@@ -1,8 +1,8 @@
 """Rule-based answer extraction from free model text.
 
 MathVista's official scorer asks GPT-4 to pull the answer out of a response; we do it
-with rules so training rewards and evaluation share one deterministic, offline path
-(EVALUATION.md). The order of sources, first found wins:
+with rules so training rewards and evaluation share one deterministic, offline path.
+The order of sources, first found wins:
 
 1. the last ``<answer>...</answer>`` tag,
 2. the last ``\\boxed{...}`` (nested braces),
