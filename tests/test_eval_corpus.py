@@ -33,8 +33,8 @@ import pytest
 
 from mhpo_vl.errors import UserError
 from mhpo_vl.eval.mathvista import eval_extraction, score_file, score_item
+from mhpo_vl.eval.reading import extract_for_eval
 from mhpo_vl.rewards import REWARDS
-from mhpo_vl.rewards.extract import extract_for_eval
 from mhpo_vl.rewards.normalize import normalize_row_answer
 
 CORPUS = Path(__file__).parent / "data" / "mathvista_corpus.jsonl"

@@ -13,7 +13,7 @@ Two ways to score:
 - default: our rule-based extraction from ``response``. Two fallbacks, named:
 
   - ``fallback="official"`` (the evaluation path, default for ``eval score`` / ``eval
-    run``): :func:`~mhpo_vl.rewards.extract.extract_for_eval` reads marked answers and
+    run``): :func:`~mhpo_vl.eval.reading.extract_for_eval` reads marked answers and
     plain statements ("Periwinkle is not the maximum." -> no; "There are 2 items sold
     less than 5 units." -> 2), then the official normalization; when it abstains
     (refusal, hedge) the official edit-distance fallback maps the response's last line
@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from mhpo_vl.errors import UserError
-from mhpo_vl.rewards.extract import clean, extract_for_eval, lines, tail
+from mhpo_vl.eval.reading import extract_for_eval
+from mhpo_vl.rewards.extract import clean, lines, tail
 from mhpo_vl.rewards.normalize import normalize_row_answer
 from mhpo_vl.rewards.verifiers import judge
 
@@ -159,7 +160,7 @@ def _official(extraction: Any, item: Mapping[str, Any]) -> dict[str, Any]:
 
 def eval_extraction(response: Any, item: Mapping[str, Any]) -> str:
     """The evaluation path's extraction for one item: what the response commits to
-    (:func:`~mhpo_vl.rewards.extract.extract_for_eval`), else, for multiple choice, the
+    (:func:`~mhpo_vl.eval.reading.extract_for_eval`), else, for multiple choice, the
     response's last line cleaned (the official normalization maps it onto the nearest
     choice, as it maps GPT-4's extraction of a refusal), else ``""``."""
     text = tail(str(response or ""))

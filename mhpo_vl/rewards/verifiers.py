@@ -41,6 +41,7 @@ from typing import Any
 from mhpo_vl.registry import Registry
 from mhpo_vl.rewards.extract import (
     HEDGE_WORD,
+    PAREN_LETTER,
     Mention,
     answer_marks,
     choice_mentions,
@@ -74,7 +75,6 @@ OPERATORS = frozenset("+*/^×÷·")  # a number beside one of these is an operan
 UNIT_SYMBOLS = frozenset("°%'′″.,$€£¥/·^{}~")  # what may follow a number in a tag or box
 
 _LONE = re.compile(r"\(?[A-Za-z]\)?|[-+]?[\d.,]+%?")
-_PAREN_LETTER = re.compile(r"\(([A-Za-z])\)")
 _LETTER = re.compile(r"\(?[A-Za-z]\)?")
 _LABEL_GAP = re.compile(r"[\s.:)]*")
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
@@ -179,7 +179,7 @@ def _paren_letters(response: str, choices: Sequence[str]) -> list[float]:
     """The choices named by "(X)" letters anywhere in ``response`` (not inside a choice
     text)."""
     text, found = choice_mentions(response, choices)
-    return [m.value for m in found if _PAREN_LETTER.fullmatch(text[m.start : m.end])]
+    return [m.value for m in found if PAREN_LETTER.fullmatch(text[m.start : m.end])]
 
 
 def names_one_choice(span: str, choices: Sequence[str], strict: bool) -> bool:
