@@ -6,22 +6,14 @@ from __future__ import annotations
 
 import json
 
+from test_eval_corpus import MC_ROW
+
 from mhpo_vl.cli import main
 from mhpo_vl.eval.benchmarks import BENCHMARKS
 from mhpo_vl.eval.runner import evaluate, score_response
 from mhpo_vl.rewards import REWARDS
 
-YES_NO = {
-    "id": "7",
-    "pid": "7",
-    "question": "Is Periwinkle the maximum?",
-    "choices": ["yes", "no"],
-    "answer": "no",
-    "question_type": "multi_choice",
-    "answer_type": "text",
-    "precision": None,
-    "unit": None,
-}
+YES_NO = {**MC_ROW, "id": "7", "pid": "7", "unit": None}
 # the shortest choice is where the official scorer puts an empty extraction
 SHORT_FIRST = {**YES_NO, "id": "8", "pid": "8", "choices": ["no", "maybe so"], "answer": "no"}
 STATEMENT = "Based on the image, Periwinkle is not the maximum."

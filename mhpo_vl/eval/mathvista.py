@@ -27,7 +27,6 @@ Two ways to score:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 from mhpo_vl.errors import UserError
 from mhpo_vl.eval.reading import extract_for_eval
 from mhpo_vl.rewards.extract import clean, lines, tail
-from mhpo_vl.rewards.normalize import normalize_row_answer
+from mhpo_vl.rewards.normalize import PAREN_LETTER, normalize_row_answer
 from mhpo_vl.rewards.verifiers import judge
 
 BREAKDOWN_KEYS = (
@@ -65,7 +64,6 @@ GOLD_FIELDS = (
     "metadata",
 )
 
-_PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")
 _HINTS = {
     "multi_choice": "Please answer the question and provide the correct option letter, "
     "e.g., A, B, C, D, at the end.",
@@ -224,7 +222,7 @@ def is_well_formed(extraction: Any, item: Mapping[str, Any]) -> bool:
     text = str(extraction or "").strip()
     if item.get("question_type") == "multi_choice":
         choices = [str(c) for c in item.get("choices") or []]
-        letters = _PAREN_LETTER.findall(text)
+        letters = PAREN_LETTER.findall(text)
         letter = letters[0].upper() if letters else text
         in_range = len(letter) == 1 and 0 <= ord(letter) - 65 < len(choices)
         return in_range or text in choices

@@ -44,6 +44,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+from mhpo_vl.rewards.normalize import PAREN_LETTER
+
 TAIL_CHARS = 8_000  # every extraction reads only this many last characters: answers come last
 PHRASE_CHARS = 300  # what follows "the answer is" is read up to this many characters
 MAX_MARKS = 16  # answer_marks returns at most this many (the last ones): bounded work each
@@ -66,7 +68,6 @@ _PHRASE = re.compile(
     re.IGNORECASE,
 )
 _CN_OPTION = re.compile(r"选项\s*(?P<rest>\(?[A-Z]\)?)(?![A-Za-z])")
-PAREN_LETTER = re.compile(r"\(([A-Za-z])\)")
 LEAD_LETTER = re.compile(r"^\s*\**\(?([A-Za-z])(?:\)|\.|:|\s*$|\s)")
 _LATEX_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textit|operatorname)\s*\{([^{}]*)\}")
 _NUMBER = re.compile(

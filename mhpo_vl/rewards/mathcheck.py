@@ -167,8 +167,7 @@ def math_equal(gold: str, pred: str, marked: bool = True, timeout: float | None 
     math-verify itself cannot run (here, or in the worker used off the main thread)."""
     timeout = MATH_TIMEOUT if timeout is None else timeout
     if _can_use_timer():
-        require_math_verify()
-        return verify_with_deadline(gold, pred, marked, timeout)
+        return verify_checked(gold, pred, marked, timeout)
     from mhpo_vl.rewards.workers import default_pool
 
     status, value = default_pool().call_status(

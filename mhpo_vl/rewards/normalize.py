@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")
+PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")  # "(B)": the official letter pattern
 # Edit distance costs len(a) * len(b) steps in Python; both strings are cut to this many
 # leading characters first, so a megabyte-long extraction costs at most 250k steps (well
 # under a second). Official extractions are short (under 200 characters): unaffected.
@@ -53,7 +53,7 @@ def normalize_choice(extraction: Any, choices: Sequence[str], official: bool = F
     if extraction is None and not official:
         return None
     text = extraction.strip() if isinstance(extraction, str) else str(extraction)
-    letters = _PAREN_LETTER.findall(text)
+    letters = PAREN_LETTER.findall(text)
     if letters:
         text = letters[0].upper()
     options = [chr(ord("A") + i) for i in range(len(choices))]
