@@ -68,6 +68,7 @@ def save_checkpoint(
     processor: Any,
     state: dict[str, Any],
     keep_last: int,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` via a temporary folder and a rename, then prune old ones.
 
@@ -77,7 +78,7 @@ def save_checkpoint(
     for a rerun to resume from."""
     root = Path(output_dir)
     try:
-        path = _write(root, step, model, processor, state)
+        path = _write(root, step, model, processor, state, state_dict)
     except Exception as exc:
         if not _disk_full(exc):
             raise
@@ -88,18 +89,26 @@ def save_checkpoint(
                 f"no space left on device in {root} while writing checkpoint-{step} ({kept}); "
                 "free some space or lower trainer.keep_last"
             ) from None
-        return save_checkpoint(root, step, model, processor, state, keep_last)
+        return save_checkpoint(root, step, model, processor, state, keep_last, state_dict)
     prune(root, keep_last)
     return path
 
 
-def _write(root: Path, step: int, model: Any, processor: Any, state: dict[str, Any]) -> Path:
+def _write(
+    root: Path,
+    step: int,
+    model: Any,
+    processor: Any,
+    state: dict[str, Any],
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        # state_dict: full weights gathered from shards (FSDP); None: the model's own
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if processor is not None:
             processor.save_pretrained(tmp)
         _save_state(state, tmp / STATE_FILE)

@@ -26,7 +26,7 @@ examples:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mhpo_vl.config import load_recipe
+    from mhpo_vl.validation import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)  # a bad recipe fails before the imports
     from mhpo_vl.trainer import train
@@ -41,7 +41,7 @@ def _is_override(arg: str) -> bool:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from mhpo_vl.config import validate_recipe
+    from mhpo_vl.validation import load_recipe as validate_recipe
 
     recipes = [a for a in args.recipes if not _is_override(a)]
     overrides = [a for a in args.recipes if _is_override(a)] + args.overrides

@@ -16,11 +16,10 @@ or aliases, nesting at most 32 deep.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ from mhpo_vl.checks import (
     Range,
     above,
     at_least,
-    is_number,
 )
 from mhpo_vl.errors import UserError
 from mhpo_vl.recipe_yaml import MAX_RECIPE_BYTES, load_yaml
@@ -82,6 +80,16 @@ class DataConfig:
     # stop when more than this fraction of a split's rows are bad (dropped rows counted)
     max_bad_frac: float = 0.1
 
+    def limits(self) -> dict[str, Any]:
+        """How every split's images are decoded and how many bad rows it may have
+        (keyword arguments of the data and benchmark loaders)."""
+        return {
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+            "max_image_pixels": self.max_image_pixels,
+            "max_bad_frac": self.max_bad_frac,
+        }
+
 
 @dataclass
 class RolloutConfig:
@@ -91,7 +99,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    batch_size: int | None = None  # generation micro-batch (None: all at once)
+    # the engine's own arguments, checked by the engine (hf: batch_size, ...; vllm: ...)
+    engine_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,6 +129,15 @@ class DynamicSamplingConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """Truncated importance sampling for an engine whose log-probs differ from the
+    trainer's (vLLM): each token's loss weighted by min(pi_old / pi_engine, cap)."""
+
+    level: str = "none"  # none | token | sequence
+    cap: float = 2.0
+
+
+@dataclass
 class AlgorithmConfig:
     advantage: str = "grpo"
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "mhpo"})
@@ -128,6 +146,7 @@ class AlgorithmConfig:
     kl_estimator: str = "k3"
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
 
 
 @dataclass
@@ -150,10 +169,10 @@ class TrainerConfig:
     update_epochs: int = 1
     micro_batch_size: int | None = None  # sequences per forward (gradient accumulation)
     # where the PPO ratio's old log-probs come from when several updates reuse a step's
-    # rollouts: "recompute" (a no-grad forward, as verl does; needed when the engine is
-    # not the policy itself, e.g. vLLM) or "rollout" (the engine's own sampling log-probs:
-    # exact for the hf engine, which samples from the policy's weights; saves a forward)
-    old_logprobs: str = "recompute"
+    # rollouts: "auto" (the engine's sampling log-probs where the engine declares them
+    # exact and the temperature is 1, as the hf engine's are; else a recompute),
+    # "recompute" (a no-grad forward, as verl does) or "rollout" (the engine's own)
+    old_logprobs: str = "auto"
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
     log_samples: int = 4  # rollouts written to samples.jsonl per step
@@ -179,6 +198,15 @@ class EvalConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How training is spread over processes (``torchrun`` / ``accelerate launch``)."""
+
+    strategy: str = "ddp"  # ddp: whole replicas | fsdp: FSDP2 (fully_shard) shards
+    cpu_offload: bool = False  # fsdp: parameters, gradients, optimizer state on CPU
+    reshard_after_forward: bool = True  # fsdp: free gathered weights after forward
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     seed: int = 0
@@ -190,6 +218,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 # ---------------------------------------------------------------- valid values, as a table
@@ -202,16 +231,14 @@ class Recipe:
 # is skipped. Rules that relate two fields are the small functions in CROSS_RULES.
 
 
-def _dtype_names() -> Iterable[str]:
-    from mhpo_vl.models.policy import DTYPES  # lazy: torch is heavy
-
-    return DTYPES
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+"""Valid ``model.dtype`` / ``model.master_dtype`` (the keys of ``models.policy.DTYPES``)."""
 
 
 CHECKS: dict[str, Check] = {
     "seed": SEED,
-    "model.dtype": OneOf(_dtype_names),
-    "model.master_dtype": OneOf(_dtype_names),
+    "model.dtype": OneOf(DTYPE_NAMES),
+    "model.master_dtype": OneOf(DTYPE_NAMES),
     "data.train.size": OPTIONAL_COUNT,
     "data.train.seed": SEED,
     "data.eval.size": OPTIONAL_COUNT,
@@ -227,13 +254,15 @@ CHECKS: dict[str, Check] = {
     "rollout.temperature": above(0),
     "rollout.top_p": Range(0, 1, low_open=True),
     "rollout.top_k": at_least(0),  # 0: off
-    "rollout.batch_size": OPTIONAL_COUNT,
     "rewards": Length(1),
     "rewards[].weight": Range(),  # negative weights are penalties
     "algorithm.kl_coef": at_least(0),
     "algorithm.dynamic_sampling.max_tries": COUNT,
     "algorithm.overlong.buffer": COUNT,
     "algorithm.overlong.factor": at_least(0),
+    "algorithm.rollout_correction.level": OneOf(("none", "token", "sequence")),
+    # a weight below 1 at the cap would shrink every token's loss
+    "algorithm.rollout_correction.cap": at_least(1),
     "optim.lr": above(0),
     "optim.weight_decay": at_least(0),
     "optim.betas": Length(2, 2),
@@ -247,7 +276,7 @@ CHECKS: dict[str, Check] = {
     "trainer.minibatches": COUNT,
     "trainer.update_epochs": COUNT,
     "trainer.micro_batch_size": OPTIONAL_COUNT,
-    "trainer.old_logprobs": OneOf(("recompute", "rollout")),
+    "trainer.old_logprobs": OneOf(("auto", "recompute", "rollout")),
     "trainer.save_every": at_least(0),  # 0: only at the end
     "trainer.keep_last": COUNT,
     "trainer.log_samples": at_least(0),
@@ -259,6 +288,7 @@ CHECKS: dict[str, Check] = {
     "eval.temperature": at_least(0),  # 0: greedy
     "eval.max_new_tokens": OPTIONAL_COUNT,
     "eval.batch_size": COUNT,
+    "parallel.strategy": OneOf(("ddp", "fsdp")),
 }
 """Dotted key -> its valid values; ``mhpo-vl validate`` applies every entry."""
 
@@ -299,16 +329,6 @@ def _minibatches_divide_the_batch(recipe: Recipe) -> str | None:
     return None
 
 
-def _rollout_logprobs_need_temperature_1(recipe: Recipe) -> str | None:
-    temperature = recipe.rollout.temperature
-    if recipe.trainer.old_logprobs == "rollout" and temperature != 1.0:
-        return (
-            "trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0 (the engine's "
-            f"log-probs are at the sampling temperature, {temperature}); use 'recompute'"
-        )
-    return None
-
-
 def _overlong_buffer_fits(recipe: Recipe) -> str | None:
     ov, max_new = recipe.algorithm.overlong, recipe.rollout.max_new_tokens
     if ov.enabled and ov.buffer >= max_new:
@@ -342,10 +362,17 @@ def _master_weights_hold_the_compute_dtype(recipe: Recipe) -> str | None:
     )
 
 
+def _offload_needs_fsdp(recipe: Recipe) -> str | None:
+    p = recipe.parallel
+    if p.cpu_offload and p.strategy != "fsdp":
+        return f"parallel.cpu_offload: needs parallel.strategy fsdp, got {p.strategy!r}"
+    return None
+
+
 CROSS_RULES: tuple[Callable[[Recipe], str | None], ...] = (
     _master_weights_hold_the_compute_dtype,
     _minibatches_divide_the_batch,
-    _rollout_logprobs_need_temperature_1,
+    _offload_needs_fsdp,
     _overlong_buffer_fits,
     _pixel_bounds_ordered,
     _some_reward_counts,
@@ -383,6 +410,9 @@ def _exists(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- building typed objects
+
+MOVED = {"rollout.batch_size": "rollout.engine_args.batch_size"}
+"""Keys that moved: their old spelling fails with a pointer to the new one."""
 
 
 def _type_name(tp: Any) -> str:
@@ -440,6 +470,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
+            if key in MOVED:
+                raise UserError(f"{key}: moved to {MOVED[key]}")
             raise UserError(f"unknown key {key!r}; valid keys here: {', '.join(fields)}")
         default = fields[k].default_factory
         if (
@@ -504,132 +536,14 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def recipe_from_dict(tree: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
-    """Build and validate a :class:`Recipe` from a plain mapping plus overrides."""
+def build_recipe(tree: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+    """A typed :class:`Recipe` from a plain mapping plus overrides: keys and types are
+    checked here; values by :func:`check_values` and the subsystems
+    (:func:`mhpo_vl.validation.check_recipe` runs them all)."""
     tree = dict(tree)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
-    recipe = _build(Recipe, tree, "")
-    check_recipe(recipe)
-    return recipe
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge overrides into, and validate a recipe file."""
-    try:
-        return recipe_from_dict(read_recipe_yaml(path), overrides)
-    except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
-
-
-validate_recipe = load_recipe
-
-
-def check_recipe(recipe: Recipe) -> None:
-    """Everything ``mhpo-vl validate`` checks, cheapest first: the value table, registered
-    names and the loss's parameters, the cross-field rules, the output directory."""
-    check_values(recipe)
-    check_names(recipe)
-    check_cross_rules(recipe)
-    check_output_dir(recipe.trainer.output_dir)
-
-
-def check_names(recipe: Recipe) -> None:
-    """Check every registered name the recipe uses, and the loss's parameters."""
-    from mhpo_vl import algorithms, rewards
-    from mhpo_vl.data import check_dataset_spec
-    from mhpo_vl.data.templates import TEMPLATES
-    from mhpo_vl.eval.benchmarks import BENCHMARKS
-    from mhpo_vl.rollout import ENGINES
-
-    if "name" not in recipe.algorithm.loss:
-        raise UserError("algorithm.loss.name is missing (e.g. mhpo, grpo, dapo)")
-    _named("algorithm.loss.name", recipe.algorithm.loss["name"], algorithms.POLICY_LOSSES)
-    recipe.algorithm.loss = check_loss(recipe.algorithm.loss)
-    _named("algorithm.advantage", recipe.algorithm.advantage, algorithms.ADVANTAGES)
-    if recipe.algorithm.agg is not None:
-        _one_of("algorithm.agg", recipe.algorithm.agg, algorithms.AGGREGATIONS)
-    _one_of("algorithm.kl_estimator", recipe.algorithm.kl_estimator, algorithms.KL_ESTIMATORS)
-    _named("data.template", recipe.data.template, TEMPLATES)
-    _named("rollout.engine", recipe.rollout.engine, ENGINES)
-    for i, spec in enumerate(recipe.rewards):
-        try:
-            rewards.load_reward(spec.name)
-        except UserError as exc:
-            raise UserError(f"rewards[{i}].name: {exc}") from None
-    for i, name in enumerate(recipe.eval.benchmarks):
-        _named(f"eval.benchmarks[{i}]", name, BENCHMARKS)
-    check_dataset_spec(recipe.data.train, "data.train")
-    if recipe.data.eval is not None:
-        check_dataset_spec(recipe.data.eval, "data.eval")
-
-
-def _named(key: str, name: str, registry: Any) -> None:
-    if name not in registry:
-        raise UserError(f"{key}: unknown name {name!r}; valid: {', '.join(registry.names())}")
-
-
-def _one_of(key: str, value: str, valid: tuple[str, ...]) -> None:
-    problem = OneOf(tuple(valid)).problem(value)
-    if problem:
-        raise UserError(f"{key}: {problem}")
-
-
-# ---------------------------------------------------------------- the loss's parameters
-
-
-def check_loss(loss: dict[str, Any]) -> dict[str, Any]:
-    """``algorithm.loss`` with its parameters checked against the registered loss.
-
-    A parameter whose default is a number must be a finite number (``None`` too where the
-    default is ``None``: "off"); YAML strings such as ``3e-4`` become floats. No
-    registered loss takes an infinite parameter (their docstrings), so none is allowed.
-    Then the loss runs once on a 1x1 batch, so its own range checks (``c > 0``, ...)
-    answer here rather than at the first training step.
-    """
-    from mhpo_vl.algorithms import POLICY_LOSSES
-
-    params = {k: v for k, v in loss.items() if k != "name"}
-    spec = POLICY_LOSSES.get(loss["name"])
-    try:
-        spec.resolve(params)
-    except UserError as exc:
-        raise UserError(f"algorithm.loss: {exc}") from None
-    params = {k: _loss_param(f"algorithm.loss.{k}", v, spec.defaults[k]) for k, v in params.items()}
-    _dry_run_loss(spec, params)
-    return {"name": loss["name"], **params}
-
-
-def _loss_param(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise UserError(f"{key}: expected str, got {value!r}")
-        return value
-    if default is not None and not is_number(default):
-        return value
-    if value is None and default is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise UserError(f"{key}: expected a number, got {value!r}") from None
-    if not is_number(value) or not math.isfinite(value):
-        raise UserError(f"{key}: must be a finite number, got {value!r}")
-    return value
-
-
-def _dry_run_loss(spec: Any, params: dict[str, Any]) -> None:
-    import torch
-
-    from mhpo_vl.algorithms import LossInputs
-
-    zeros = torch.zeros(1, 1)
-    inputs = LossInputs.build(zeros, zeros, torch.zeros(1), torch.ones(1, 1))
-    try:
-        spec(inputs, **params)
-    except UserError as exc:
-        raise UserError(f"algorithm.loss ({spec.name}): {exc}") from None
+    return _build(Recipe, tree, "")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

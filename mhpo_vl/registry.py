@@ -46,6 +46,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; valid names: {', '.join(sorted(self._items))}"
             ) from None
 
+    def check(self, key: str, name: object) -> None:
+        """A ``UserError`` naming the recipe ``key`` unless ``name`` is registered."""
+        if name not in self._items:
+            raise UserError(f"{key}: unknown name {name!r}; valid: {', '.join(self.names())}")
+
     def names(self) -> list[str]:
         return sorted(self._items)
 

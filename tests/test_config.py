@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mhpo_vl.config import Recipe, dump_recipe, load_recipe, parse_overrides, recipe_from_dict
+from mhpo_vl.config import Recipe, dump_recipe, parse_overrides
+from mhpo_vl.validation import load_recipe, recipe_from_dict
 from mhpo_vl.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

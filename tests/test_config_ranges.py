@@ -27,9 +27,9 @@ from mhpo_vl.config import (
     OneOf,
     Range,
     Recipe,
-    load_recipe,
     lookup,
 )
+from mhpo_vl.validation import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "tiny" / "mhpo.yaml")
@@ -77,8 +77,27 @@ BAD_VALUES = [
     ("rollout.top_p=1.5", "rollout.top_p: must be in (0, 1]"),
     ("rollout.temperature=-1", "rollout.temperature: must be > 0, got -1"),
     ("rollout.temperature=0", "rollout.temperature: must be > 0, got 0"),
-    ("rollout.batch_size=0", "rollout.batch_size: must be None or >= 1, got 0"),
-    ("rollout.batch_size=-3", "rollout.batch_size: must be None or >= 1"),
+    (
+        "rollout.engine_args.batch_size=0",
+        "rollout.engine_args.batch_size: must be None or an integer >= 1, got 0",
+    ),
+    (
+        "rollout.engine_args.batch_size=-3",
+        "rollout.engine_args.batch_size: must be None or an integer >= 1",
+    ),
+    (
+        "rollout.engine_args.batch_sise=4",
+        "rollout.engine_args.batch_sise: unknown engine argument; valid: batch_size",
+    ),
+    (
+        "rollout.engine_args.cache_implementation=paged",
+        "rollout.engine_args.cache_implementation: must be one of",
+    ),
+    ("rollout.batch_size=4", "rollout.batch_size: moved to rollout.engine_args.batch_size"),
+    ("parallel.strategy=zero3", "parallel.strategy: unknown 'zero3'; valid: ddp, fsdp"),
+    ("parallel.cpu_offload=true", "parallel.cpu_offload: needs parallel.strategy fsdp, got 'ddp'"),
+    ("algorithm.rollout_correction.level=seq", "algorithm.rollout_correction.level: unknown 'seq'"),
+    ("algorithm.rollout_correction.cap=0.5", "algorithm.rollout_correction.cap: must be >= 1"),
     ("rollout.group_size=1", "rollout.group_size: must be >= 2, got 1"),
     ("rollout.max_new_tokens=0", "rollout.max_new_tokens: must be >= 1"),
     # trainer

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from mhpo_vl.errors import UserError
-from mhpo_vl.models import load_policy, tiny
+from mhpo_vl.embedded import tiny
+from mhpo_vl.models import load_policy
 from mhpo_vl.models.processors import IMAGE_ONLY_PROCESSORS, has_torchvision
 
 SMALL = "sft_steps=0&bpe_rows=200&sft_rows=200&sft_val_rows=0"

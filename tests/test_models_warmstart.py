@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mhpo_vl.models import load_policy
-from mhpo_vl.models.tiny import ensure_embedded, task_rows
-from mhpo_vl.models.warmstart import accuracy
+from mhpo_vl.embedded.tiny import ensure_embedded, task_rows
+from mhpo_vl.embedded.warmstart import accuracy
 
 
 @pytest.mark.slow

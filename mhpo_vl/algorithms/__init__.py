@@ -11,6 +11,7 @@ from mhpo_vl.algorithms.aggregation import AGGREGATIONS, aggregate
 from mhpo_vl.algorithms.base import POLICY_LOSSES, LossInputs, LossSpec, register_policy_loss
 from mhpo_vl.algorithms.entry import PolicyLossOutput, policy_loss
 from mhpo_vl.algorithms.kl import KL_ESTIMATORS, kl_penalty
+from mhpo_vl.algorithms.section import check_section
 
 __all__ = [
     "ADVANTAGES",
@@ -22,6 +23,7 @@ __all__ = [
     "LossSpec",
     "PolicyLossOutput",
     "aggregate",
+    "check_section",
     "compute_advantages",
     "kl_penalty",
     "policy_loss",

@@ -71,6 +71,7 @@ def policy_loss(
     num_tokens: Count | None = None,
     num_seqs: Count | None = None,
     max_len: int | None = None,
+    token_weights: Tensor | None = None,
     **hyper: Any,
 ) -> PolicyLossOutput:
     """The policy loss ``name`` on one (micro-)batch.
@@ -81,7 +82,9 @@ def policy_loss(
     ``max_len`` are passed to :func:`~mhpo_vl.algorithms.aggregation.aggregate`.
     ``hyper`` are the loss's parameters; an unknown loss, parameter, aggregation or KL
     estimator is a ``ValueError`` naming it and listing the valid ones. The per-token
-    loss is ``L_it + kl_coef * k_it``.
+    loss is ``w_it * L_it + kl_coef * k_it``, where ``token_weights`` ``w`` [B, T]
+    (detached; default 1) reweight the policy term, e.g. the truncated importance
+    weights of :func:`~mhpo_vl.algorithms.correction.rollout_correction`.
     """
     spec = POLICY_LOSSES.get(name)
     params = spec.resolve(hyper)
@@ -92,6 +95,11 @@ def policy_loss(
     require(kl_coef == 0 or ref_logprobs is not None, "kl_coef > 0 needs ref_logprobs")
     inputs = LossInputs.build(logprobs, old_logprobs, advantages, mask)
     loss_BT, diagnostics = spec.fn(inputs, **params)
+    if token_weights is not None:
+        check_same_shape(inputs.logprobs_BT, token_weights=token_weights)
+        check_same_device(inputs.logprobs_BT, token_weights=token_weights)
+        w_BT = torch.where(inputs.keep_BT, token_weights.detach().to(loss_BT.dtype), 0.0)
+        loss_BT = loss_BT * w_BT
     kl_BT = None
     if ref_logprobs is not None:
         kl_BT = _masked_kl(inputs, ref_logprobs, kl_estimator)

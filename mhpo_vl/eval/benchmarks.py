@@ -540,3 +540,9 @@ for _name, _kind in (("synthetic", "vision"), ("synthetic_text", "text")):
             verified="n/a: generated in process, no hub dataset",
         )
     )
+
+
+def check_section(eval_cfg: Any) -> None:
+    """Check the recipe's ``eval`` section: every ``eval.benchmarks`` name is registered."""
+    for i, name in enumerate(eval_cfg.benchmarks):
+        BENCHMARKS.check(f"eval.benchmarks[{i}]", name)

@@ -2,7 +2,7 @@
 
 - :func:`load_policy` -> :class:`Policy` (model + image-only Qwen-VL processor or tokenizer)
 - :func:`token_logprobs` -> per-token log-probs / entropies of a rollout batch's completions
-- ``embedded:tiny-vl`` / ``embedded:tiny-text``: see :mod:`mhpo_vl.models.tiny`
+- ``embedded:tiny-vl`` / ``embedded:tiny-text``: see :mod:`mhpo_vl.embedded.tiny`
 """
 
 from mhpo_vl.models.logprobs import token_logprobs

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
-    from mhpo_vl.rollout.batch import RolloutBatch
+    from mhpo_vl.batch import RolloutBatch
 
 CHUNK_ELEMENTS = 1 << 26  # float32 elements per chunk (256 MB)
 

@@ -1,23 +1,23 @@
 """Loading a policy: the model plus what turns prompts into its inputs.
 
 ``path`` is a local Hugging Face directory, a hub id, or ``embedded:<name>`` (a tiny
-model built offline by :mod:`mhpo_vl.models.tiny` and cached on first use).
+model built offline by :mod:`mhpo_vl.embedded` and cached on first use).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mhpo_vl.errors import UserError
-from mhpo_vl.models.processors import VL_MODEL_TYPES, load_vl_processor
+from mhpo_vl.models.processors import load_vl_processor
+from mhpo_vl.qwen import TEXT_MODEL_TYPES, VL_MODEL_TYPES
 
-TEXT_MODEL_TYPES = ("qwen2", "qwen3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EMBEDDED_PREFIX = "embedded:"
 
@@ -91,16 +91,19 @@ def _load_model(path: str, model_type: str, dtype: torch.dtype, trust_remote_cod
     return cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
+MODEL_SOURCES: dict[str, str] = {EMBEDDED_PREFIX: "mhpo_vl.embedded:resolve"}
+"""Path schemes that name a model built rather than stored: ``prefix`` -> the
+``module:function`` that turns the rest of the path into a local directory. Resolved by
+name when used, so this package imports none of the builders (they import it)."""
+
+
 def _resolve(path: str) -> str:
-    """A directory (or hub id) to load; embedded names are built (once) and cached."""
-    if not path.startswith(EMBEDDED_PREFIX):
-        return os.path.expanduser(path)
-    from mhpo_vl.models.tiny import ensure_embedded
-
-    def log(msg: str) -> None:
-        print(f"[mhpo_vl] {msg}", file=sys.stderr, flush=True)
-
-    return str(ensure_embedded(path[len(EMBEDDED_PREFIX) :], log=log))
+    """A directory (or hub id) to load; ``MODEL_SOURCES`` paths are built (once) and cached."""
+    for prefix, target in MODEL_SOURCES.items():
+        if path.startswith(prefix):
+            module, _, fn = target.partition(":")
+            return str(getattr(importlib.import_module(module), fn)(path[len(prefix) :]))
+    return os.path.expanduser(path)
 
 
 def load_policy(

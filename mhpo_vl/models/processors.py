@@ -31,8 +31,6 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 from mhpo_vl.errors import UserError
 
-VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
 # The video processor class transformers maps each model type to (its auto mapping).
 VIDEO_PROCESSOR_TYPES = {
     "qwen2_vl": "Qwen2VLVideoProcessor",

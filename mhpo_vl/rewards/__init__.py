@@ -5,7 +5,13 @@ Pure python (plus math-verify); no model, recipe or I/O. The evaluation scorer i
 """
 
 from mhpo_vl.rewards.extract import extract_answer
-from mhpo_vl.rewards.loading import load_reward, reward_name, reward_stats, score_rewards
+from mhpo_vl.rewards.loading import (
+    check_section,
+    load_reward,
+    reward_name,
+    reward_stats,
+    score_rewards,
+)
 from mhpo_vl.rewards.mathcheck import math_equal
 from mhpo_vl.rewards.normalize import levenshtein, normalize_answer, normalize_row_answer
 from mhpo_vl.rewards.shaping import overlong_penalty
@@ -14,6 +20,7 @@ from mhpo_vl.rewards.verifiers import REWARDS, Judgement, judge
 __all__ = [
     "REWARDS",
     "Judgement",
+    "check_section",
     "extract_answer",
     "judge",
     "levenshtein",

@@ -198,3 +198,12 @@ def _call_safely(
         why = f"{type(exc).__name__}: {exc}"
     _count(name, score is None, why)
     return (0.0, why) if score is None else (score, None)
+
+
+def check_section(rewards: Sequence[Any]) -> None:
+    """Check the recipe's ``rewards`` list: each name loads (registered or ``file.py:fn``)."""
+    for i, spec in enumerate(rewards):
+        try:
+            load_reward(spec.name)
+        except UserError as exc:
+            raise UserError(f"rewards[{i}].name: {exc}") from None

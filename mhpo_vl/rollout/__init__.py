@@ -1,21 +1,49 @@
-"""Rollout engines behind one interface: prompts in, a :class:`RolloutBatch` out.
+"""Rollout engines behind one protocol (:mod:`.engine`): prompts in, a
+:class:`~mhpo_vl.batch.RolloutBatch` out.
 
-``ENGINES`` maps a recipe's ``rollout.engine`` to a class taking ``(policy, **kwargs)``
-with ``generate(prompts, params) -> RolloutBatch``. ``hf`` (transformers ``generate``)
-runs anywhere; ``vllm`` is imported only when asked for (GPU, optional extra).
+``ENGINES`` maps a recipe's ``rollout.engine`` to an engine class built with
+``(policy, **rollout.engine_args)``. ``hf`` (transformers ``generate``) runs anywhere;
+``vllm`` imports vLLM only when built (GPU, optional extra).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mhpo_vl.batch import RolloutBatch, SamplingParams
 from mhpo_vl.data.templates import build_prompts
-from mhpo_vl.registry import Registry
-from mhpo_vl.rollout.batch import RolloutBatch, SamplingParams
+from mhpo_vl.errors import UserError
+from mhpo_vl.rollout.engine import (
+    ENGINES,
+    RolloutEngine,
+    build_engine,
+    resolve_old_logprobs,
+)
 from mhpo_vl.rollout.hf import HFEngine
 
-ENGINES: Registry[Any] = Registry("rollout engine")
 ENGINES.register("hf", HFEngine)
 
 
-__all__ = ["ENGINES", "HFEngine", "RolloutBatch", "SamplingParams", "build_prompts"]
+def check_section(rollout: Any, trainer: Any) -> None:
+    """Check the recipe's ``rollout`` section: the engine's name and its ``engine_args``,
+    and that ``trainer.old_logprobs`` can be honoured by that engine."""
+    ENGINES.check("rollout.engine", rollout.engine)
+    factory = ENGINES.get(rollout.engine)
+    factory.check_args(rollout.engine_args, "rollout.engine_args")
+    try:
+        resolve_old_logprobs(trainer.old_logprobs, factory.logprobs, rollout.temperature)
+    except UserError as exc:
+        raise UserError(f"{exc} (rollout.engine {rollout.engine!r})") from None
+
+
+__all__ = [
+    "ENGINES",
+    "HFEngine",
+    "RolloutBatch",
+    "RolloutEngine",
+    "SamplingParams",
+    "build_engine",
+    "build_prompts",
+    "check_section",
+    "resolve_old_logprobs",
+]

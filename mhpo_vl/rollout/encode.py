@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mhpo_vl.batch import RolloutBatch
 from mhpo_vl.errors import UserError
-from mhpo_vl.rollout.batch import RolloutBatch
 
 if TYPE_CHECKING:
     from mhpo_vl.models import Policy

@@ -18,9 +18,11 @@ from torch import Tensor
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from mhpo_vl.models.tiny import VISION_TOKENS
-from mhpo_vl.rollout.batch import RolloutBatch, SamplingParams, join
+from mhpo_vl.batch import RolloutBatch, SamplingParams, join
+from mhpo_vl.errors import UserError
+from mhpo_vl.qwen import VISION_TOKENS
 from mhpo_vl.rollout.encode import encode_prompts
+from mhpo_vl.rollout.engine import check_arg_keys
 
 if TYPE_CHECKING:
     from mhpo_vl.models import Policy
@@ -90,13 +92,62 @@ def _pad_right(tensors: Sequence[Tensor], value: float) -> Tensor:
 
 
 class HFEngine:
-    """Batched ``generate`` on the policy's own model (shares its weights: no sync needed),
-    in the policy's compute dtype; ``batch_size`` sequences per ``generate`` call (None:
-    all at once), which bounds the KV cache's memory."""
+    """Batched ``generate`` on the policy's own model, in the policy's compute dtype.
 
-    def __init__(self, policy: Policy, *, batch_size: int | None = None) -> None:
+    It shares the policy's weights, so :meth:`sync_weights`, :meth:`sleep` and
+    :meth:`wake` have nothing to do, and its sampling log-probs are the policy's own
+    (``logprobs = "exact"``). ``engine_args``:
+
+    - ``batch_size``: sequences per ``generate`` call (None: all at once); bounds the
+      KV cache's memory;
+    - ``cache_implementation``: transformers' KV cache kind (None: its default dynamic
+      cache; ``"static"`` preallocates it, which lets transformers compile the decoding
+      step on GPU);
+    - ``compile``: False stops transformers from compiling the decoding step even where
+      it would (a static cache on GPU); True leaves that to transformers.
+    """
+
+    logprobs = "exact"
+    ARGS: dict[str, Any] = {"batch_size": None, "cache_implementation": None, "compile": True}
+    CACHES = ("dynamic", "static", "offloaded", "offloaded_static", "sliding_window", "hybrid")
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        batch_size: int | None = None,
+        cache_implementation: str | None = None,
+        compile: bool = True,
+    ) -> None:
         self.policy = policy
         self.batch_size = batch_size
+        self.cache_implementation = cache_implementation
+        self.compile = compile
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any], key: str) -> dict[str, Any]:
+        check_arg_keys(args, cls.ARGS, key)
+        out = {**cls.ARGS, **args}
+        size = out["batch_size"]
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise UserError(f"{key}.batch_size: must be None or an integer >= 1, got {size!r}")
+        cache = out["cache_implementation"]
+        if cache is not None and cache not in cls.CACHES:
+            raise UserError(
+                f"{key}.cache_implementation: must be one of {', '.join(cls.CACHES)}, got {cache!r}"
+            )
+        if not isinstance(out["compile"], bool):
+            raise UserError(f"{key}.compile: expected true or false, got {out['compile']!r}")
+        return out
+
+    def sync_weights(self, model: Any) -> None:
+        """Nothing to do: generation runs on the trained model itself."""
+
+    def sleep(self) -> None:
+        """Nothing held between calls."""
+
+    def wake(self) -> None:
+        """Nothing to take back."""
 
     def generate(
         self, prompts: Sequence[Mapping[str, Any]], params: SamplingParams
@@ -135,6 +186,12 @@ class HFEngine:
             eos_token_id=stop_ids,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stop_ids[0],
             use_cache=True,
+            **(
+                {"cache_implementation": self.cache_implementation}
+                if self.cache_implementation
+                else {}
+            ),
+            **({} if self.compile else {"disable_compile": True}),
         )
         saved, model.generation_config = model.generation_config, config
         try:  # a clean config: nothing from the checkpoint's generation_config.json

@@ -9,7 +9,7 @@ models take (chat template, image-token expansion, mRoPE, left padding) is exerc
 Images are capped at 84 x 84 pixels: 9 vision tokens. ``embedded:tiny-text`` is a
 ``Qwen2ForCausalLM`` of the same size for the text task.
 
-Both are warm-started (:mod:`mhpo_vl.models.warmstart`) and cached under
+Both are warm-started (:mod:`mhpo_vl.embedded.warmstart`) and cached under
 ``$MHPO_VL_CACHE`` (default ``~/.cache/mhpo_vl``) keyed by a hash of their config. Options
 override the config: ``embedded:tiny-vl?sft_steps=0`` is the random-init model.
 Qwen2-VL, Qwen3-VL and Qwen3 variants can be built too (``arch=...``), for tests.
@@ -32,53 +32,17 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from mhpo_vl.errors import UserError
-
-VL_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-TEXT_ARCHS = ("qwen2", "qwen3")
-
-# Qwen's special tokens in Qwen's order (151643.. in the real vocabulary).
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-VISION_TOKENS = SPECIAL_TOKENS[9:]
-# Qwen2's pre-tokenizer split (digits one by one).
-QWEN_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+from mhpo_vl.qwen import (
+    CHAT_TEMPLATE,
+    DEFAULT_SYSTEM,
+    QWEN_SPLIT,
+    SPECIAL_TOKENS,
+    TEXT_MODEL_TYPES,
+    VL_MODEL_TYPES,
 )
-DEFAULT_SYSTEM = "You are a helpful assistant."
-# The Qwen2-VL / Qwen2.5-VL chat template (images and videos, string or list content).
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+
+VL_ARCHS = VL_MODEL_TYPES
+TEXT_ARCHS = TEXT_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -86,7 +50,7 @@ class TinyConfig:
     """Everything that determines an embedded model; its hash keys the cache.
 
     ``sft_*`` set the warm start (a short supervised pass on the task's train split, see
-    :mod:`mhpo_vl.models.warmstart`); ``sft_steps=0`` gives the random-init model."""
+    :mod:`mhpo_vl.embedded.warmstart`); ``sft_steps=0`` gives the random-init model."""
 
     arch: str = "qwen2_5_vl"
     task: str = "vision"  # synthetic task: "vision" | "text"
@@ -336,9 +300,9 @@ def build_embedded(cfg: TinyConfig, out_dir: str | Path, log: Any = None) -> dic
 
     Deterministic: everything random is seeded by ``cfg.seed`` inside a forked RNG, so
     the caller's RNG state is untouched."""
+    from mhpo_vl.embedded.warmstart import sft
     from mhpo_vl.models.policy import Policy
     from mhpo_vl.models.processors import IMAGE_ONLY_PROCESSORS
-    from mhpo_vl.models.warmstart import sft
 
     start = time.perf_counter()
     n_sft = cfg.sft_rows + cfg.sft_val_rows if cfg.sft_steps > 0 else 0

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
+from mhpo_vl.batch import RolloutBatch, join
 from mhpo_vl.data.synthetic import target_text
 from mhpo_vl.models.logprobs import completion_logits, token_logprobs
 from mhpo_vl.models.policy import Policy
 from mhpo_vl.rollout import HFEngine, SamplingParams, build_prompts
-from mhpo_vl.rollout.batch import RolloutBatch, join
 from mhpo_vl.rollout.encode import encode_prompts
 
 

@@ -1,0 +1,36 @@
+"""``parallel.strategy: ddp``: a whole model per process, gradients averaged by
+accelerate's DistributedDataParallel (nothing to wrap with one process)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mhpo_vl.parallel import STRATEGIES, Parallel, trainable
+
+
+@STRATEGIES.register("ddp")
+class DDP(Parallel):
+    name = "ddp"
+
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        make_optimizer: Callable[[list], torch.optim.Optimizer],
+        compute_dtype: torch.dtype | None = None,
+    ) -> tuple[Any, torch.optim.Optimizer, torch.optim.Optimizer]:
+        raw = make_optimizer(list(trainable(model)))
+        wrapped, optimizer = self.accelerator.prepare(model, raw)
+        return wrapped, optimizer, raw
+
+    def unwrap(self, model: Any) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def accumulate(self, model: Any, sync: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
+
+    def clip_grad_norm(self, model: Any, max_norm: float) -> float:
+        return float(torch.nn.utils.clip_grad_norm_(list(trainable(model)), max_norm))

@@ -1,0 +1,210 @@
+"""A run's state: everything the loop touches (:class:`Run`), built once by
+:func:`setup`, saved by :func:`save` and restored on resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mhpo_vl import checkpoint
+from mhpo_vl.config import Recipe, dump_recipe
+from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
+from mhpo_vl.errors import RunHalted, UserError
+from mhpo_vl.models import Policy, load_policy
+from mhpo_vl.models.policy import DTYPES
+from mhpo_vl.parallel import Parallel, build_parallel
+from mhpo_vl.rollout import RolloutEngine, build_engine
+from mhpo_vl.tracking import RunLogger
+from mhpo_vl.training.evaluation import Suite, eval_suites
+
+log = logging.getLogger("mhpo_vl")
+
+
+@dataclass
+class Run:
+    """Everything the loop touches."""
+
+    cfg: Recipe
+    par: Parallel
+    policy: Policy
+    model: Any  # the prepared (wrapped or sharded) policy model
+    ref: Policy | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: RolloutEngine
+    train_set: ProblemSet
+    eval_set: ProblemSet | None
+    sampler: EpochSampler
+    logger: RunLogger
+    suites: list[Suite]
+    bench_reports: dict[str, BadRowLog]  # bad rows of each eval.benchmarks entry
+    scaler: Any = None  # torch.amp.GradScaler; enabled only for float16 compute
+    start_step: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: {"generate": 0.0, "reward": 0.0})
+    skips: dict[str, Any] = field(default_factory=lambda: {"consecutive": 0, "total": 0})
+    # this step's reward calls and failures: name -> [count, first failure's description]
+    reward_calls: int = 0
+    reward_failures: dict[str, list] = field(default_factory=dict)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Recipe) -> Any:
+    """LR multiplier per training step: linear warm-up, then constant/linear/cosine."""
+    o, total = cfg.optim, cfg.trainer.max_steps
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / (o.warmup_steps + 1)
+        progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+        if o.scheduler == "linear":
+            return 1.0 - progress
+        if o.scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _load_policy(path: str, cfg: Recipe, device: Any, master_dtype: str) -> Policy:
+    m = cfg.model
+    return load_policy(
+        path,
+        dtype=m.dtype,
+        master_dtype=master_dtype,
+        trust_remote_code=m.trust_remote_code,
+        gradient_checkpointing=m.gradient_checkpointing,
+        freeze_vision=m.freeze_vision,
+        device=device,
+    )
+
+
+def _check_verifiers() -> None:
+    """Stop before training if math-verify cannot run here: every math reward would be 0."""
+    from mhpo_vl.rewards.mathcheck import VerifierUnavailable, require_math_verify
+
+    try:
+        require_math_verify()
+    except VerifierUnavailable as exc:
+        raise UserError(f"the math answer checker cannot run: {exc}") from None
+
+
+def setup(cfg: Recipe) -> Run:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own bar is the one to watch
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    _check_verifiers()
+    par = build_parallel(cfg.parallel)
+    out = Path(cfg.trainer.output_dir)
+    if par.is_main:
+        for name in checkpoint.clean_leftovers(out):  # of a save or prune that was killed
+            log.info("removed %s, left by an interrupted run", out / name)
+    par.barrier()
+    ckpt = checkpoint.latest_checkpoint(out) if cfg.trainer.resume else None
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    policy = _load_policy(str(ckpt) if ckpt else m.path, cfg, par.device, m.master_dtype)
+    # The reference is the starting policy; it is not loaded at all when unused. Frozen,
+    # it needs no master weights: its parameters are in the compute dtype.
+    ref = _load_policy(m.path, cfg, par.device, m.dtype) if cfg.algorithm.kl_coef > 0 else None
+    if ref is not None:
+        ref.model.requires_grad_(False).eval()
+    train_set = load_problems(cfg.data.train, "data.train", **cfg.data.limits())
+    eval_set = None
+    if cfg.data.eval is not None:
+        eval_set = load_problems(cfg.data.eval, "data.eval", **cfg.data.limits())
+    o = cfg.optim
+
+    def make_optimizer(params: list) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+
+    model, optimizer, raw = par.prepare(policy.model, make_optimizer, DTYPES[m.dtype])
+    scheduler = make_scheduler(raw, cfg)
+    # float16 gradients underflow without loss scaling; bfloat16 and float32 need none
+    scaler = torch.amp.GradScaler(
+        par.device.type, enabled=m.dtype == "float16" and m.master_dtype == "float32"
+    )
+    engine = build_engine(cfg.rollout.engine, policy, cfg.rollout.engine_args)
+    run = Run(
+        cfg, par, policy, model, ref, optimizer, scheduler, engine,
+        train_set, eval_set, EpochSampler(len(train_set), cfg.seed),
+        RunLogger(out, enabled=par.is_main, tensorboard=cfg.trainer.tensorboard),
+        *eval_suites(cfg, eval_set), scaler,
+    )  # fmt: skip
+    if ckpt is not None:
+        _restore(run, ckpt)
+    else:  # a fresh start: records of an earlier attempt that never checkpointed go
+        run.logger.truncate_after(-1)
+    if par.is_main:
+        dump_recipe(cfg, out / "config.yaml")
+        log.info(
+            "training on %d process(es) (%s), device %s, %s compute, %s parameters",
+            par.world, par.name, par.device, m.dtype, m.master_dtype,
+        )  # fmt: skip
+        if m.master_dtype == m.dtype != "float32":
+            log.warning(
+                "pure %s: parameters and optimizer state are %s (model.master_dtype), so "
+                "updates below its resolution are lost (at lr 1e-6 most of them); "
+                "model.master_dtype=float32 keeps float32 master weights",
+                m.dtype, m.dtype,
+            )  # fmt: skip
+    return run
+
+
+def _restore(run: Run, ckpt: Path) -> None:
+    state = checkpoint.load_state(ckpt)
+    run.par.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["data_order"])
+    checkpoint.set_rng_state(state["rng"][run.par.rank])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.skips.update(state.get("skips", {}))
+    run.start_step = state["step"]
+    run.logger.truncate_after(run.start_step)
+    if run.par.is_main:
+        log.info("resumed from %s (step %d)", ckpt, run.start_step)
+
+
+def save(run: Run, step: int) -> None:
+    """Write ``checkpoint-<step>`` (every process takes part; the main one writes)."""
+    par = run.par
+    rng = par.gather(checkpoint.rng_state())
+    require_finite_weights(run, step)
+    weights = par.model_state(run.model)
+    optimizer = par.optimizer_state(run.model, run.optimizer)
+    if par.is_main:
+        state = {
+            "step": step,
+            "optimizer": optimizer,
+            "scheduler": run.scheduler.state_dict(),
+            "data_order": run.sampler.state_dict(),
+            "rng": rng,
+            "scaler": run.scaler.state_dict(),
+            "skips": dict(run.skips),
+        }
+        path = checkpoint.save_checkpoint(
+            run.cfg.trainer.output_dir, step, par.unwrap(run.model), run.policy.processor,
+            state, run.cfg.trainer.keep_last, state_dict=weights,
+        )  # fmt: skip
+        log.info("saved %s", path)
+    par.barrier()
+
+
+def require_finite_weights(run: Run, step: int) -> None:
+    """Never write a checkpoint with NaN or inf weights (a resume would load them)."""
+    bad = run.par.bad_parameters(run.model)
+    if run.par.sum(float(len(bad))) > 0:
+        where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
+        last = checkpoint.latest_checkpoint(run.cfg.trainer.output_dir)
+        raise RunHalted(
+            f"step {step}: non-finite weights{where}; checkpoint not written. "
+            f"Resume from {last or 'the start'} with a lower optim.lr"
+        )
