@@ -43,7 +43,12 @@ class FSDP(Parallel):
         make_optimizer: Callable[[list], torch.optim.Optimizer],
         compute_dtype: torch.dtype | None = None,
     ) -> tuple[Any, torch.optim.Optimizer, torch.optim.Optimizer]:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            fully_shard,
+            register_fsdp_forward_method,
+        )
 
         if not torch.distributed.is_initialized():  # one process: a group of one
             torch.distributed.init_process_group(
@@ -62,6 +67,8 @@ class FSDP(Parallel):
             if type(module).__name__ in blocks:
                 fully_shard(module, **kwargs)
         fully_shard(model, **kwargs)
+        # generate() runs forwards of its own: it gathers the root's weights like forward
+        register_fsdp_forward_method(model, "generate")
         optimizer = make_optimizer(list(trainable(model)))
         return model, optimizer, optimizer
 
@@ -80,7 +87,14 @@ class FSDP(Parallel):
     def model_state(self, model: Any) -> dict[str, torch.Tensor] | None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+        state = get_model_state_dict(model, options=_full_options(cpu_offload=True))
+        # Tied weights (lm_head = embed_tokens) are one parameter but come back gathered
+        # twice: keep the first name only, as save_pretrained does for unsharded models.
+        first: dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if first.setdefault(id(p), name) != name:
+                state.pop(name, None)
+        return state
 
     def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict

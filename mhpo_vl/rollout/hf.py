@@ -84,6 +84,16 @@ def response_mask_from(completion_ids: Tensor, stop_ids: Sequence[int]) -> Tenso
     return (stops_before == 0).float()
 
 
+def _sharded_over_processes(model: Any) -> bool:
+    """Whether every forward gathers weights from other processes (FSDP2 over 2+): then
+    every process must keep decoding until all are done (``generate``'s synced_gpus)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    dist = torch.distributed
+    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return multi and isinstance(model, FSDPModule)
+
+
 def _pad_right(tensors: Sequence[Tensor], value: float) -> Tensor:
     width = max(t.shape[1] for t in tensors)
     return torch.cat(
@@ -199,6 +209,7 @@ class HFEngine:
                 **sub.model_inputs(),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]),
+                synced_gpus=_sharded_over_processes(model),
             )
         finally:
             model.generation_config = saved
