@@ -134,3 +134,24 @@ def test_metric_reduction_table():
         TwoProcesses(), {"ratio_max": 2.0, "loss": 1.0, "reward_failures/x": 1.0}
     )
     assert got == {"ratio_max": 9.0, "loss": 2.0, "reward_failures/x": 3.0}
+
+
+@pytest.mark.slow
+def test_fsdp2_mixed_precision_checkpointing_offload_frozen_vision(tmp_path):
+    """bf16 compute over float32 master shards, activation checkpointing, CPU offload
+    and a frozen vision tower together: the language model learns, the vision tower
+    stays put, and the checkpoint holds float32 weights."""
+    out = tmp_path / "opts"
+    _torchrun(
+        out, "parallel.strategy=fsdp", "parallel.cpu_offload=true", "model.dtype=bfloat16",
+        "model.gradient_checkpointing=true", "model.freeze_vision=true", "trainer.max_steps=1",
+        "trainer.save_every=0", "eval.at_start=false", "eval.size=4", port=29545,
+    )  # fmt: skip
+    from mhpo_vl.embedded.tiny import ensure_embedded
+
+    before = _weights(ensure_embedded("tiny-vl"))
+    after = _weights(out / "checkpoint-1")
+    assert all(t.dtype == torch.float32 for t in after.values())
+    vision = [k for k in after if k.startswith(("visual.", "model.visual."))]
+    assert vision and all(torch.equal(after[k], before[k]) for k in vision)
+    assert any(not torch.equal(after[k], before[k]) for k in after if k not in vision)

@@ -72,14 +72,11 @@ def _check_args(old: Tensor, rollout: Tensor, mask: Tensor, level: str, cap: flo
     require(cap >= 1.0, f"rollout correction cap must be >= 1, got {cap!r}")
     for name, t in (("old_logprobs", old), ("rollout_logprobs", rollout), ("mask", mask)):
         require(isinstance(t, Tensor), f"{name} must be a tensor, got {type(t).__name__}")
-    require(
-        old.dim() == 2, f"old_logprobs must have shape [B, T], got {list(old.shape)}"
-    )
+    require(old.dim() == 2, f"old_logprobs must have shape [B, T], got {list(old.shape)}")
     for name, t in (("rollout_logprobs", rollout), ("mask", mask)):
         require(
             t.shape == old.shape,
-            f"{name} must have the shape of old_logprobs {list(old.shape)}, "
-            f"got {list(t.shape)}",
+            f"{name} must have the shape of old_logprobs {list(old.shape)}, got {list(t.shape)}",
         )
         require(
             t.device == old.device,

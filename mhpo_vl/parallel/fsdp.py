@@ -61,7 +61,8 @@ class FSDP(Parallel):
             "mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32),
         }
         if self.cfg.cpu_offload:
-            kwargs["offload_policy"] = CPUOffloadPolicy()
+            # pinned host memory needs an accelerator; on a CPU-only machine it is a no-op
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
         blocks = set(getattr(model, "_no_split_modules", None) or [])
         for module in list(model.modules()):
             if type(module).__name__ in blocks:

@@ -92,8 +92,7 @@ VLLM_VERSION = "0.33.0"
 """The vLLM release this engine's calls were written and checked against."""
 
 MISSING_VLLM = (
-    "rollout.engine 'vllm' needs the vllm package "
-    "(pip install 'mhpo-vl[vllm]' on a CUDA machine)"
+    "rollout.engine 'vllm' needs the vllm package (pip install 'mhpo-vl[vllm]' on a CUDA machine)"
 )
 VISION_LOGIT_BIAS = -100.0  # vLLM clamps logit biases to [-100, 100]
 MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
@@ -189,7 +188,9 @@ def _fold_image_pads(ids: list[int], pad_id: int) -> list[int]:
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -227,7 +228,7 @@ class VLLMEngine:
         "seed": 0,
         "extra": {},
     }
-    # vllm.LLM arguments the engine sets: extra may not set them (value: what to use)
+    # vllm.LLM arguments the engine sets itself, so extra may not (value: where from)
     MANAGED: dict[str, str] = {
         "model": "the policy's model",
         "dtype": "the policy's compute dtype",
@@ -284,6 +285,10 @@ class VLLMEngine:
             if pixels:
                 kwargs["mm_processor_kwargs"] = pixels
         kwargs.update(llm_args)
+        # in-process workers (vLLM's "uni" executor for one GPU) can read a lazy stream
+        self._stream_sync = tensor_parallel_size == 1 and llm_args.get(
+            "distributed_executor_backend"
+        ) in (None, "uni", "external_launcher")
         # the engine core in this process: the weight loader then reads our tensors
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         self.llm = vllm.LLM(**kwargs)
@@ -301,9 +306,7 @@ class VLLMEngine:
         check_arg_keys(args, cls.ARGS, key)
         out = {**cls.ARGS, **args}
         share = out["gpu_memory_utilization"]
-        if not (
-            isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1
-        ):
+        if not (isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1):
             raise UserError(
                 f"{key}.gpu_memory_utilization: must be a number in (0, 1], got {share!r}"
             )
@@ -312,14 +315,12 @@ class VLLMEngine:
                 raise UserError(f"{key}.{name}: must be an integer >= 1, got {out[name]!r}")
         length = out["max_model_len"]
         if length is not None and not _is_int(length, 1):
-            raise UserError(
-                f"{key}.max_model_len: must be None or an integer >= 1, got {length!r}"
-            )
+            raise UserError(f"{key}.max_model_len: must be None or an integer >= 1, got {length!r}")
         if not isinstance(out["enforce_eager"], bool):
             raise UserError(
                 f"{key}.enforce_eager: expected true or false, got {out['enforce_eager']!r}"
             )
-        if out["sleep_level"] not in (1, 2) or isinstance(out["sleep_level"], bool):
+        if not _is_int(out["sleep_level"], 1) or out["sleep_level"] > 2:
             raise UserError(f"{key}.sleep_level: must be 1 or 2, got {out['sleep_level']!r}")
         if not _is_int(out["seed"], 0):
             raise UserError(f"{key}.seed: must be an integer >= 0, got {out['seed']!r}")
@@ -336,7 +337,9 @@ class VLLMEngine:
                 where = f"{key}.{source}" if source in cls.ARGS else source
                 raise UserError(f"{key}.extra.{name}: set by the engine from {where}")
             if name == "enable_sleep_mode" and not isinstance(value, bool):
-                raise UserError(f"{key}.extra.enable_sleep_mode: expected true or false, got {value!r}")
+                raise UserError(
+                    f"{key}.extra.enable_sleep_mode: expected true or false, got {value!r}"
+                )
         out["extra"] = dict(extra)
         return out
 
@@ -371,9 +374,7 @@ class VLLMEngine:
         requests = [self._request(p, ids, prompts[p]) for p, ids in enumerate(expected)]
         outputs = self.llm.generate(requests, self._sampling_params(params), use_tqdm=False)
         if len(outputs) != len(prompts):
-            raise RuntimeError(
-                f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts"
-            )
+            raise RuntimeError(f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts")
         samples: list[tuple[list[int], list[float]]] = []
         for p, out in enumerate(outputs):
             self._check_prompt(p, expected[p], out.prompt_token_ids)
@@ -442,7 +443,7 @@ class VLLMEngine:
                 f"{'no' if entries is None else len(entries)} log-probs for {len(ids)} tokens"
             )
         logprobs = []
-        for t, (token, entry) in enumerate(zip(ids, entries)):
+        for t, (token, entry) in enumerate(zip(ids, entries, strict=True)):
             if entry is None or token not in entry:
                 raise RuntimeError(
                     f"vllm engine: prompt {p}: no log-prob for sampled token {token} at {t}"
@@ -484,7 +485,7 @@ class VLLMEngine:
         if self._asleep and not self._weights_awake:
             self.llm.wake_up(tags=["weights"])
             self._weights_awake = True
-        if self.tensor_parallel_size == 1:  # the worker is in this process: stream
+        if self._stream_sync:  # the worker is in this process: stream
             self.llm.collective_rpc(
                 _load_weights_on_worker, args=(stream_weights(model, self.dtype),)
             )
