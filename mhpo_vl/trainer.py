@@ -73,6 +73,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     run.engine.sync_weights(run.model)
     t2 = time.perf_counter()
     metrics.update(stats)
+    # every non-pad token this process rolled out and trained on, per second of the step
+    metrics["perf/tokens_per_s"] = float(scored.batch.attention_mask.sum()) / (t2 - t0)
     metrics["lr"] = run.optimizer.param_groups[0]["lr"]
     metrics.update(M.rollout_metrics(scored, adv.zero_var_frac))
     metrics.update(
