@@ -9,6 +9,7 @@ module, imported below.
 from mhpo_vl.algorithms.advantages import ADVANTAGES, AdvantageResult, compute_advantages
 from mhpo_vl.algorithms.aggregation import AGGREGATIONS, aggregate
 from mhpo_vl.algorithms.base import POLICY_LOSSES, LossInputs, LossSpec, register_policy_loss
+from mhpo_vl.algorithms.correction import rollout_correction
 from mhpo_vl.algorithms.entry import PolicyLossOutput, policy_loss
 from mhpo_vl.algorithms.kl import KL_ESTIMATORS, kl_penalty
 from mhpo_vl.algorithms.section import check_section
@@ -28,4 +29,5 @@ __all__ = [
     "kl_penalty",
     "policy_loss",
     "register_policy_loss",
+    "rollout_correction",
 ]

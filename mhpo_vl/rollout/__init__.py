@@ -20,8 +20,10 @@ from mhpo_vl.rollout.engine import (
     resolve_old_logprobs,
 )
 from mhpo_vl.rollout.hf import HFEngine
+from mhpo_vl.rollout.vllm import VLLMEngine
 
 ENGINES.register("hf", HFEngine)
+ENGINES.register("vllm", VLLMEngine)  # imports vllm only when built
 
 
 def check_section(rollout: Any, trainer: Any) -> None:
@@ -42,6 +44,7 @@ __all__ = [
     "RolloutBatch",
     "RolloutEngine",
     "SamplingParams",
+    "VLLMEngine",
     "build_engine",
     "build_prompts",
     "check_section",

@@ -1,0 +1,71 @@
+"""The trainer drives the vLLM engine through the protocol: built from the recipe's
+``engine_args``, woken for rollouts and put to sleep for the update, weights pushed
+after every optimizer step; its approximate log-probs make the trainer recompute the
+old ones, log the mismatch, and weight tokens by the truncated importance ratio.
+
+vLLM itself is the in-process stand-in of ``tests/vllm_standin.py`` (same API)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+import vllm_standin
+from mhpo_vl.trainer import train
+from mhpo_vl.validation import load_recipe
+
+
+@pytest.fixture()
+def standin(monkeypatch):
+    return vllm_standin.install(monkeypatch)
+
+
+@pytest.mark.slow
+def test_two_steps_with_the_vllm_engine(tmp_path, standin, monkeypatch):
+    calls: list[str] = []
+    for name in ("sleep", "wake_up", "collective_rpc"):
+        original = getattr(standin.LLM, name)
+
+        def spy(self, *a, _name=name, _original=original, **kw):
+            calls.append(_name)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(standin.LLM, name, spy)
+    out = tmp_path / "run"
+    cfg = load_recipe(
+        "recipes/tiny/mhpo.yaml",
+        [
+            f"trainer.output_dir={out}", "trainer.max_steps=2", "rollout.engine=vllm",
+            "rollout.engine_args={gpu_memory_utilization: 0.3}", "trainer.prompts_per_step=4",
+            "rollout.group_size=4", "algorithm.rollout_correction={level: token, cap: 2.0}",
+            "eval.at_start=false", "eval.size=4", "trainer.progress_bar=false",
+            "trainer.tensorboard=false",
+        ],
+    )  # fmt: skip
+    logging.getLogger("mhpo_vl").setLevel(logging.WARNING)
+    metrics = train(cfg)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:  # the mismatch is logged every step, and it is small here
+        assert 0 <= r["rollout/logprob_abs_diff_mean"] < 1e-3
+        assert r["rollout/is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert metrics["eval/accuracy"] >= 0
+    # per step: woken for rollouts, asleep for the update, weights pushed after it
+    assert calls.count("collective_rpc") >= 1 + 2  # the start, then every step
+    assert calls.count("sleep") >= 2 and calls.count("wake_up") >= 2
+
+
+def test_without_vllm_a_recipe_naming_it_exits_2_naming_the_package(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "mhpo_vl", "train", "recipes/tiny/mhpo.yaml",
+         "rollout.engine=vllm", f"trainer.output_dir={tmp_path}", "eval.at_start=false"],
+        capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": ""},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "needs the vllm package" in res.stderr.strip().splitlines()[-1]
