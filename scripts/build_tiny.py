@@ -20,9 +20,15 @@ from pathlib import Path
 
 import torch
 
-from mhpo_vl.models import load_policy, token_logprobs
-from mhpo_vl.embedded.tiny import EMBEDDED, build_embedded, ensure_embedded, parse_embedded, task_rows
+from mhpo_vl.embedded.tiny import (
+    EMBEDDED,
+    build_embedded,
+    ensure_embedded,
+    parse_embedded,
+    task_rows,
+)
 from mhpo_vl.embedded.warmstart import accuracy
+from mhpo_vl.models import load_policy, token_logprobs
 from mhpo_vl.rollout import HFEngine, SamplingParams, build_prompts
 
 

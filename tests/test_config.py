@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from mhpo_vl.config import Recipe, dump_recipe, parse_overrides
-from mhpo_vl.validation import load_recipe, recipe_from_dict
 from mhpo_vl.errors import UserError
+from mhpo_vl.validation import load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))

@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_train_e2e import _metrics, _train, _weights
 
-from mhpo_vl.models import load_policy, token_logprobs
 from mhpo_vl.embedded.tiny import build_embedded, parse_embedded, task_rows
+from mhpo_vl.models import load_policy, token_logprobs
 from mhpo_vl.rewards.mathcheck import math_equal, math_verify_problem
 from mhpo_vl.rewards.verifiers import accuracy
 from mhpo_vl.rollout import HFEngine, SamplingParams, build_prompts

@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from mhpo_vl.errors import UserError
 from mhpo_vl.embedded import tiny
+from mhpo_vl.errors import UserError
 from mhpo_vl.models import load_policy
 from mhpo_vl.models.processors import IMAGE_ONLY_PROCESSORS, has_torchvision
 

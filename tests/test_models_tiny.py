@@ -11,9 +11,9 @@ import contextlib
 import pytest
 import torch
 
+from mhpo_vl.embedded.tiny import build_embedded, parse_embedded, task_rows
 from mhpo_vl.models import load_policy, token_logprobs
 from mhpo_vl.models import logprobs as logprobs_mod
-from mhpo_vl.embedded.tiny import build_embedded, parse_embedded, task_rows
 from mhpo_vl.qwen import VISION_TOKENS
 from mhpo_vl.rollout import HFEngine, SamplingParams, build_prompts
 from mhpo_vl.rollout.encode import encode_prompts

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from mhpo_vl.models import load_policy
 from mhpo_vl.embedded.tiny import ensure_embedded, task_rows
 from mhpo_vl.embedded.warmstart import accuracy
+from mhpo_vl.models import load_policy
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from transformers import ProcessorMixin
 from transformers.models.auto.processing_auto import processor_class_from_name
 
 from mhpo_vl import checkpoint
-from mhpo_vl.errors import UserError
 from mhpo_vl.embedded import tiny
+from mhpo_vl.errors import UserError
 from mhpo_vl.models import load_policy
 from mhpo_vl.models.processors import (
     IMAGE_ONLY_PROCESSORS,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mhpo_vl.batch import concat_batches
 from mhpo_vl.data.synthetic import synthetic_vision
 from mhpo_vl.models import load_policy, token_logprobs
 from mhpo_vl.rollout import HFEngine, SamplingParams, build_prompts
-from mhpo_vl.batch import concat_batches
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import json
 import logging
 
 import pytest
-
 import vllm_standin
+
 from mhpo_vl.trainer import train
 from mhpo_vl.validation import load_recipe
 
