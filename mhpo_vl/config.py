@@ -369,10 +369,20 @@ def _offload_needs_fsdp(recipe: Recipe) -> str | None:
     return None
 
 
+def _fsdp_without_float16(recipe: Recipe) -> str | None:
+    if recipe.parallel.strategy == "fsdp" and recipe.model.dtype == "float16":
+        return (
+            "model.dtype: float16 needs loss scaling, which parallel.strategy fsdp does not "
+            "do here; use bfloat16"
+        )
+    return None
+
+
 CROSS_RULES: tuple[Callable[[Recipe], str | None], ...] = (
     _master_weights_hold_the_compute_dtype,
     _minibatches_divide_the_batch,
     _offload_needs_fsdp,
+    _fsdp_without_float16,
     _overlong_buffer_fits,
     _pixel_bounds_ordered,
     _some_reward_counts,

@@ -164,6 +164,7 @@ CROSS = [
         "model.master_dtype: must be float32 (mixed precision) or the compute dtype 'float16'",
     ),
     (["trainer.minibatches=3"], "trainer.minibatches (3) must divide"),
+    (["parallel.strategy=fsdp", "model.dtype=float16"], "model.dtype: float16 needs loss scaling"),
     (
         ["trainer.old_logprobs=rollout", "rollout.temperature=0.7"],
         "trainer.old_logprobs: 'rollout' needs rollout.temperature 1.0",
