@@ -14,7 +14,9 @@ from mhpo_vl.errors import UserError
 from mhpo_vl.validation import load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+# the tiny recipes validate as they are; the real ones once their data is prepared
+# (tests/test_recipes_real.py prepares fixtures and validates them)
+RECIPES = sorted((ROOT / "recipes" / "tiny").rglob("*.yaml"))
 
 
 def test_there_are_recipes_for_every_tiny_loss():
