@@ -31,7 +31,7 @@ def positions_from_mask(attention_mask: Tensor) -> Tensor:
 def _chunk_stats(
     logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool
 ) -> tuple[Tensor, Tensor]:
-    x = logits.float()
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
     if temperature != 1.0:
         x = x / temperature
     lse = torch.logsumexp(x, dim=-1)

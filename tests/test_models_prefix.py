@@ -1,0 +1,138 @@
+"""The shared-prefix forward equals the naive one: log-probs and gradients, float64,
+to 1e-10, on tiny models of all three Qwen VL architectures and a text one, with
+images, left padding, early EOS, ragged groups (dynamic sampling keeps whole groups of
+different sizes after select) and micro-batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mhpo_vl.batch import SamplingParams
+from mhpo_vl.embedded.tiny import build_embedded, parse_embedded, task_rows
+from mhpo_vl.models import load_policy
+from mhpo_vl.models.logprobs import completion_logits, logprobs_from_logits
+from mhpo_vl.models.prefix import _packed_mask, prompt_groups, shared_prefix_logits
+from mhpo_vl.rollout import HFEngine, build_prompts
+
+SMALL = "sft_steps=0&bpe_rows=200&sft_rows=200&sft_val_rows=0"
+ARCHS = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen2"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def case(request, tmp_path_factory):
+    arch = request.param
+    name = "tiny-text" if arch == "qwen2" else "tiny-vl"
+    out = tmp_path_factory.mktemp(arch)
+    build_embedded(parse_embedded(f"{name}?{SMALL}&arch={arch}"), out)
+    policy = load_policy(str(out))
+    rows = task_rows("text" if arch == "qwen2" else "vision", "test", 3)  # mixed lengths
+    torch.manual_seed(0)
+    batch = HFEngine(policy).generate(
+        build_prompts(rows), SamplingParams(n=3, max_new_tokens=7, temperature=1.5)
+    )
+    # random-init models rarely stop early: end two completions after 3 tokens, as an
+    # EOS would (mask and attention off after it, padding ids)
+    P = batch.prompt_len
+    for r in (1, 4):
+        batch.response_mask[r, 3:] = 0
+        batch.attention_mask[r, P + 3 :] = 0
+        batch.input_ids[r, P + 3 :] = policy.tokenizer.pad_token_id
+    policy.model.double()
+    _norms_in_float64(policy.model)
+    if "pixel_values" in batch.extra:
+        batch.extra["pixel_values"] = batch.extra["pixel_values"].double()
+    return policy, batch
+
+
+def _norms_in_float64(model):
+    """transformers' RMSNorm computes in float32 whatever the dtype; a float32 step
+    would make the two forwards' gradients differ by float32 rounding (the shared prompt
+    sums its G upstream gradients before the norm, the naive forward after). For a
+    float64 comparison, norms compute in the input dtype."""
+
+    def forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon))
+
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = forward.__get__(module)
+
+
+def _logp(model, batch, groups=None):
+    logits = (
+        completion_logits(model, batch)
+        if groups is None
+        else shared_prefix_logits(model, batch, groups)
+    )
+    T = batch.response_mask.shape[1]
+    return logprobs_from_logits(logits, batch.input_ids[:, -T:], with_entropy=True)
+
+
+def _grads(model, batch, groups=None):
+    model.zero_grad(set_to_none=True)
+    logp, ent = _logp(model, batch, groups)
+    mask = batch.response_mask.double()
+    weights = torch.linspace(-1, 1, logp.numel(), dtype=torch.float64).view_as(logp)
+    ((logp * weights + 0.1 * ent) * mask).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_groups_are_found_from_the_prompts(case):
+    _, batch = case
+    assert prompt_groups(batch) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert batch.prompt_len > 0 and batch.attention_mask[:, : batch.prompt_len].min() == 0  # padded
+
+
+def test_logprobs_and_entropies_equal_the_naive_forward(case):
+    policy, batch = case
+    mask = batch.response_mask.bool()
+    with torch.no_grad():
+        naive = _logp(policy.model, batch)
+        shared = _logp(policy.model, batch, prompt_groups(batch))
+    for a, b in zip(shared, naive, strict=True):
+        torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=1e-10)
+    assert (batch.response_mask.sum(1) < batch.response_mask.shape[1]).any()  # early EOS
+
+
+def test_gradients_equal_the_naive_forward(case):
+    policy, batch = case
+    naive = _grads(policy.model, batch)
+    shared = _grads(policy.model, batch, prompt_groups(batch))
+    assert naive.keys() == shared.keys()
+    vision = [n for n in naive if "visual" in n]
+    assert vision or not batch.extra  # VL models: the vision tower gets gradients too
+    for name in naive:
+        torch.testing.assert_close(shared[name], naive[name], rtol=0, atol=1e-10, msg=name)
+
+
+def test_ragged_groups_and_micro_batches(case):
+    """Whole groups of different sizes (what dynamic sampling keeps), in another order,
+    and a micro-batch holding part of the rows: still the naive values."""
+    policy, batch = case
+    sub = batch.select([5, 3, 0, 1, 2, 8])  # groups of 2, 3 and 1
+    groups = prompt_groups(sub)
+    assert sorted(map(len, groups)) == [1, 2, 3]
+    with torch.no_grad():
+        naive, _ = _logp(policy.model, sub)
+        shared, _ = _logp(policy.model, sub, groups)
+    mask = sub.response_mask.bool()
+    torch.testing.assert_close(shared[mask], naive[mask], rtol=0, atol=1e-10)
+
+
+def test_packed_mask_by_hand():
+    """P = 2 (first token padding), G = 2, T = 2, second completion ends after 1 token."""
+    m = _packed_mask(torch.tensor([[0, 1]]), torch.tensor([[[1, 1], [1, 0]]]), 2, 2)[0, 0]
+    expected = torch.tensor(
+        [  # keys: pad, p, c1a, c1b, c2a, c2b(pad)
+            [1, 0, 0, 0, 0, 0],  # pad query: itself only
+            [0, 1, 0, 0, 0, 0],
+            [0, 1, 1, 0, 0, 0],
+            [0, 1, 1, 1, 0, 0],
+            [0, 1, 0, 0, 1, 0],  # completion 2 does not see completion 1
+            [0, 1, 0, 0, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(m, expected)
