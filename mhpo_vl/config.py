@@ -168,6 +168,9 @@ class TrainerConfig:
     minibatches: int = 1  # optimizer updates per epoch over the step's rollouts
     update_epochs: int = 1
     micro_batch_size: int | None = None  # sequences per forward (gradient accumulation)
+    # forward each group's prompt (and image) once, its G completions packed behind it:
+    # the same log-probs and gradients, less compute (off: one full row per completion)
+    shared_prefix: bool = True
     # where the PPO ratio's old log-probs come from when several updates reuse a step's
     # rollouts: "auto" (the engine's sampling log-probs where the engine declares them
     # exact and the temperature is 1, as the hf engine's are; else a recompute),

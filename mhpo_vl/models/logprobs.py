@@ -16,16 +16,19 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from mhpo_vl.models.prefix import (
+    positions_from_mask,
+    prompt_groups,
+    shared_prefix_logits,
+    supported,
+)
+
 if TYPE_CHECKING:
     from mhpo_vl.batch import RolloutBatch
 
+__all__ = ["completion_logits", "logprobs_from_logits", "positions_from_mask", "token_logprobs"]
+
 CHUNK_ELEMENTS = 1 << 26  # float32 elements per chunk (256 MB)
-
-
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Left-padding-aware positions: 0 at each row's first real token (what generate uses)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
 
 
 def _chunk_stats(
@@ -85,15 +88,22 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    shared_prefix: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[B, T]`` of ``batch``'s completion tokens under ``model`` at
     ``temperature`` (and entropies ``[B, T]`` if asked), differentiable.
 
+    ``shared_prefix``: rows with the same prompt are forwarded as one packed sequence
+    (:mod:`mhpo_vl.models.prefix`; the same values, the prompt and image encoded once),
+    where the model's attention allows it and some prompt repeats.
     Values on padding positions (``response_mask == 0``) are meaningless; mask them.
     ``model`` may be wrapped (DDP): it is called, never unwrapped.
     """
     T = batch.response_mask.shape[1]
     targets = batch.input_ids[:, batch.input_ids.shape[1] - T :]
-    return logprobs_from_logits(
-        completion_logits(model, batch), targets, temperature=temperature, with_entropy=with_entropy
-    )
+    groups = prompt_groups(batch) if shared_prefix and supported(model) else None
+    if groups is not None and len(groups) < len(batch):
+        logits = shared_prefix_logits(model, batch, groups)
+    else:
+        logits = completion_logits(model, batch)
+    return logprobs_from_logits(logits, targets, temperature=temperature, with_entropy=with_entropy)

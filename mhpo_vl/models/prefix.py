@@ -73,11 +73,15 @@ def _same_images(batch: RolloutBatch, i: int, j: int) -> bool:
     )
 
 
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Left-padding-aware positions: 0 at each row's first real token (what generate uses)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
 def _positions(model: Any, batch: RolloutBatch) -> Tensor:
     """The naive forward's position ids: ``[3, B, S]`` (mRoPE) for VL models, ``[B, S]``
     (0 at each row's first real token) for text models."""
-    from mhpo_vl.models.logprobs import positions_from_mask
-
     inner = getattr(_core(model), "model", None)
     if "image_grid_thw" not in batch.extra or not hasattr(inner, "get_rope_index"):
         return positions_from_mask(batch.attention_mask)

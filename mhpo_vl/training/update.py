@@ -23,9 +23,49 @@ if TYPE_CHECKING:
     from mhpo_vl.training.state import Run
 
 
-def micro_chunks(indices: list[int], size: int | None) -> list[list[int]]:
+def micro_chunks(indices: list[int], size: int | None, group: int = 1) -> list[list[int]]:
+    """``indices`` in chunks of at most ``size`` (None: one chunk). With ``group > 1``
+    (rows ``g * group + j`` share a prompt), chunks hold whole groups where they fit,
+    so the shared-prefix forward encodes each prompt once per chunk."""
     size = size or len(indices)
-    return [indices[i : i + size] for i in range(0, len(indices), size)]
+    if group <= 1:
+        return [indices[i : i + size] for i in range(0, len(indices), size)]
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][0] // group == i // group:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for run in runs:
+        if current and len(current) + len(run) > size:
+            chunks.append(current)
+            current = []
+        while len(run) > size:  # a group larger than a micro-batch: split it
+            chunks.append(run[:size])
+            run = run[size:]
+        current = current + run
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _group(run: Run, B: int) -> int:
+    """Rows per prompt group when the shared-prefix forward is on (1: off)."""
+    G = run.cfg.rollout.group_size
+    return G if run.cfg.trainer.shared_prefix and B % G == 0 else 1
+
+
+def minibatch_order(run: Run, B: int) -> torch.Tensor:
+    """The order rows are split into minibatches: shuffled when there are several,
+    whole prompt groups kept together when the shared-prefix forward is on."""
+    t, G = run.cfg.trainer, _group(run, B)
+    if t.minibatches == 1:
+        return torch.arange(B)
+    if G == 1:
+        return torch.randperm(B)
+    return (torch.randperm(B // G)[:, None] * G + torch.arange(G)).flatten()
 
 
 def _lockstep_count(run: Run, n: int) -> int:
@@ -98,7 +138,7 @@ def update(run: Run, batch: RolloutBatch, advantages_B: torch.Tensor) -> dict[st
     if run.par.lockstep:
         n_mb = min(t.minibatches, -int(run.par.max(-float(B))))
     for _ in range(t.update_epochs):
-        order = torch.randperm(B) if t.minibatches > 1 else torch.arange(B)
+        order = minibatch_order(run, B)
         for mb in torch.tensor_split(order, n_mb):
             mb_values = accumulate_minibatch(run, inputs, mb.tolist())
             for k, v in mb_values.items():
@@ -122,21 +162,22 @@ def accumulate_minibatch(run: Run, inputs: UpdateInputs, mb: list[int]) -> dict[
     # because the processes' gradients are averaged (not summed).
     n_tok = par.sum(float(batch.response_mask[mb].sum())) / par.world
     n_seq = par.sum(float(len(mb))) / par.world
-    chunks = micro_chunks(mb, cfg.trainer.micro_batch_size)
+    chunks = micro_chunks(mb, cfg.trainer.micro_batch_size, _group(run, len(batch)))
+    shared = cfg.trainer.shared_prefix
     total = _lockstep_count(run, len(chunks))
     metrics: dict[str, list[float]] = {}
     for i in range(total):
         last = i == total - 1
         if i >= len(chunks):  # a forward to stay in step with the other processes
             with par.accumulate(run.model, sync=last), run.policy.autocast():
-                logp, _ = token_logprobs(run.model, batch.select(chunks[0]))
+                logp, _ = token_logprobs(run.model, batch.select(chunks[0]), shared_prefix=shared)
                 par.backward(logp.sum() * 0.0)
             continue
         idx = chunks[i]
         sub = batch.select(idx)
         with par.accumulate(run.model, sync=last):
             with run.policy.autocast():
-                logp, ent = token_logprobs(run.model, sub, with_entropy=True)
+                logp, ent = token_logprobs(run.model, sub, with_entropy=True, shared_prefix=shared)
             old = inputs.old_B[idx] if inputs.old_B is not None else logp.detach()
             weights, correction = None, {}
             if inputs.engine_B is not None:
