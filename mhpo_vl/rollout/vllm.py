@@ -284,6 +284,11 @@ class VLLMEngine:
             pixels = _pixel_limits(policy)
             if pixels:
                 kwargs["mm_processor_kwargs"] = pixels
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # launched by torchrun / accelerate: vLLM joins the existing process group
+            # (each rank drives its own GPU; tensor-parallel groups are formed from ranks)
+            kwargs["distributed_executor_backend"] = "external_launcher"
         kwargs.update(llm_args)
         # in-process workers (vLLM's "uni" executor for one GPU) can read a lazy stream
         self._stream_sync = tensor_parallel_size == 1 and llm_args.get(
