@@ -22,6 +22,7 @@ examples:
   mhpo-vl validate recipes/tiny/mhpo.yaml optim.lr=5e-5      # ... with overrides
   mhpo-vl plot runs/tiny_mhpo                                # PNG curves from metrics.jsonl
   mhpo-vl eval score mathvista output.json --out-dir scored  # MathVista-compatible scoring
+  mhpo-vl report text_qwen2_5_7b                             # the paper's table beside ours
 """
 
 
@@ -58,6 +59,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_run(args.run_dir, args.out_dir):
         print(path)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mhpo_vl.report import write_report
+
+    markdown, paths = write_report(args.table, args.results_root, args.out)
+    print(markdown, end="")
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 
@@ -115,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out-dir", default=None, help="where to write PNGs (RUN_DIR/plots)")
     p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser(
+        "report",
+        help="the paper's table beside our numbers (markdown and PNG)",
+        description="Render one of the paper's tables (eval/paper/TABLE.yaml) with the "
+        "paper's numbers, ours and the difference: markdown (printed and written) and a "
+        "PNG. Our numbers are read from RESULTS_ROOT/<row output_dir>/paper_eval/"
+        "<benchmark>/results.json, as scripts/reproduce.py writes them; rows without "
+        "results show '—'.",
+    )
+    p.add_argument("table", help="a table name: the file names in eval/paper/")
+    p.add_argument(
+        "--results-root",
+        default=".",
+        help="folder the rows' output_dir paths are relative to (default: here)",
+    )
+    p.add_argument("--out", default="runs/paper_report", help="where TABLE.md and TABLE.png go")
+    p.set_defaults(func=_cmd_report)
 
     from mhpo_vl.eval.cli import register as register_eval
 
