@@ -31,10 +31,10 @@ def case(request, tmp_path_factory):
     batch = HFEngine(policy).generate(
         build_prompts(rows), SamplingParams(n=3, max_new_tokens=7, temperature=1.5)
     )
-    # random-init models rarely stop early: end two completions after 3 tokens, as an
-    # EOS would (mask and attention off after it, padding ids)
+    # random-init models rarely stop early: end three completions after 3 tokens, as an
+    # EOS would (mask and attention off after it, padding ids); row 3 heads its group
     P = batch.prompt_len
-    for r in (1, 4):
+    for r in (1, 3, 4):
         batch.response_mask[r, 3:] = 0
         batch.attention_mask[r, P + 3 :] = 0
         batch.input_ids[r, P + 3 :] = policy.tokenizer.pad_token_id

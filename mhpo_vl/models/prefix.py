@@ -23,6 +23,7 @@ Rows whose prompt appears once are groups of one: nothing is shared, nothing is 
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,14 +48,13 @@ def supported(model: Any) -> bool:
 def prompt_groups(batch: RolloutBatch) -> list[list[int]]:
     """Rows with the same prompt (tokens, padding and images), in first-seen order."""
     P = batch.prompt_len
-    ids, mask = batch.input_ids[:, :P], batch.attention_mask[:, :P]
+    ids = batch.input_ids[:, :P]
+    images = _row_images(batch)
     groups: list[list[int]] = []
     by_key: dict[tuple, list[list[int]]] = {}
-    for i in range(len(batch)):
-        key = tuple(ids[i][mask[i].bool()].tolist())
+    for i, key in enumerate(map(tuple, ids.tolist())):
         for group in by_key.setdefault(key, []):
-            j = group[0]
-            if torch.equal(ids[i], ids[j]) and _same_images(batch, i, j):
+            if _same(images[i], images[group[0]]):
                 group.append(i)
                 break
         else:
@@ -64,13 +64,27 @@ def prompt_groups(batch: RolloutBatch) -> list[list[int]]:
     return groups
 
 
-def _same_images(batch: RolloutBatch, i: int, j: int) -> bool:
-    if "pixel_values" not in batch.extra:
-        return True
-    a, b = batch.select([i]).extra, batch.select([j]).extra
-    return torch.equal(a["image_grid_thw"], b["image_grid_thw"]) and torch.equal(
-        a["pixel_values"], b["pixel_values"]
-    )
+def _row_images(batch: RolloutBatch) -> list[tuple[tuple, Tensor | None]]:
+    """Each row's (image grids, its patches) — views, nothing copied."""
+    grid, pixels = batch.extra.get("image_grid_thw"), batch.extra.get("pixel_values")
+    if grid is None or pixels is None or batch.images_per_row is None:
+        return [((), None)] * len(batch)
+    counts = batch.images_per_row.tolist()
+    patches = grid.prod(-1).tolist()
+    out, image, patch = [], 0, 0
+    for n in counts:
+        size = sum(patches[image : image + n])
+        out.append(
+            (tuple(map(tuple, grid[image : image + n].tolist())), pixels[patch : patch + size])
+        )
+        image, patch = image + n, patch + size
+    return out
+
+
+def _same(a: tuple[tuple, Tensor | None], b: tuple[tuple, Tensor | None]) -> bool:
+    if a[0] != b[0]:
+        return False
+    return a[1] is None or b[1] is None or torch.equal(a[1], b[1])
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
@@ -125,8 +139,15 @@ def shared_prefix_logits(model: Any, batch: RolloutBatch, groups: list[list[int]
     padded = [g + [g[0]] * (G - len(g)) for g in groups]
     flat = [i for g in padded for i in g]
     heads = [g[0] for g in groups]
-    full_pos = _positions(model, batch)  # [.., B, S] of the naive layout
     head = batch.select(heads)
+    # Positions of the naive layout, from each group's first row: a real completion
+    # token's position depends only on the prompt and its index (t after the prompt's
+    # last), so every member's are its head's (padding positions are never attended).
+    # the completion part counted as real in the head: its own EOS must not cut them
+    as_real = torch.cat(
+        [head.attention_mask[:, :P], torch.ones_like(head.attention_mask[:, P:])], dim=1
+    )
+    head_pos = _positions(model, replace(head, attention_mask=as_real))  # [.., N, S]
     dev = batch.input_ids.device
     flat_t = torch.tensor(flat, device=dev)
     heads_t = torch.tensor(heads, device=dev)
@@ -134,10 +155,7 @@ def shared_prefix_logits(model: Any, batch: RolloutBatch, groups: list[list[int]
     completion_ids = batch.input_ids[flat_t, P:].reshape(N, G * T)
     input_ids = torch.cat([batch.input_ids[heads_t, :P], completion_ids], dim=1)
     response = batch.response_mask[flat_t.to(batch.response_mask.device)].reshape(N, G, T)
-    pos_prompt = full_pos[..., heads_t, :P]
-    pos_completion = full_pos[..., flat_t, P:]
-    pos_completion = pos_completion.reshape(*pos_completion.shape[:-2], N, G * T)
-    positions = torch.cat([pos_prompt, pos_completion], dim=-1)
+    positions = torch.cat([head_pos[..., :P]] + [head_pos[..., P:]] * G, dim=-1)
     mask = _packed_mask(batch.attention_mask[heads_t, :P], response, G, T)
     if getattr(_core(model).config, "_attn_implementation", None) == "eager":
         dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
