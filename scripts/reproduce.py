@@ -4,6 +4,7 @@ checkpoint with the paper's protocol.
     python scripts/reproduce.py text_qwen2_5_7b --dry-run        # the plan, nothing run
     python scripts/reproduce.py text_qwen2_5_7b                  # every row, in order
     python scripts/reproduce.py ablations --rows c0_5 c2_0 --nproc 8 --launcher accelerate
+    python scripts/reproduce.py tiny-study --dry-run             # the CPU study (tiny_study.py)
 
 TABLE is a file name in ``eval/paper/`` (the paper's numbers, columns, protocol and, per
 row, the recipe under ``recipes/paper/`` that reproduces it). For each row, in order:
@@ -258,12 +259,24 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _tiny_study(argv: list[str]) -> int:
+    """``reproduce.py tiny-study ...``: the CPU study, its own options (scripts/tiny_study.py)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import tiny_study
+
+    return tiny_study.main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [TINY_STUDY]:
+        return _tiny_study(argv[1:])
     names = table_names()
     args = build_parser([*names, TINY_STUDY]).parse_args(argv)
-    if args.table == TINY_STUDY:
-        print(f"reproduce.py: {TINY_STUDY}: not implemented in this session", file=sys.stderr)
-        return 2
+    if args.table == TINY_STUDY:  # options before the name
+        return _tiny_study([a for a in argv if a != TINY_STUDY])
     if args.table not in names:
         valid = ", ".join([*names, TINY_STUDY])
         print(

@@ -335,7 +335,7 @@ def test_bad_table_and_tiny_study_exit_2(script_runs):
     assert bad.returncode == 2
     assert "valid names: " + ", ".join([*TABLES, "tiny-study"]) in bad.stderr
     tiny = script_runs[("tiny-study",)]
-    assert tiny.returncode == 2 and "not implemented in this session" in tiny.stderr
+    assert tiny.returncode == 2 and "one of the arguments --run --dry-run" in tiny.stderr
     row = script_runs[("ablations", "--rows", "nope", "--dry-run")]
     assert row.returncode == 2 and "valid rows: mhpo, lfm_only" in row.stderr
 
