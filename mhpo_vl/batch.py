@@ -117,20 +117,32 @@ class RolloutBatch:
                 out[key] = value[idx.to(value.device)]
         return out
 
+    def image_spans(self) -> list[tuple[slice, slice]]:
+        """Each row's images as ``(slice into image_grid_thw, slice into pixel_values)``
+        (empty slices for rows without images or a text-only batch)."""
+        grid = self.extra.get("image_grid_thw")
+        if grid is None or self.images_per_row is None:
+            return [(slice(0, 0), slice(0, 0))] * len(self)
+        patches = grid.prod(-1).tolist()
+        out, image, patch = [], 0, 0
+        for n in self.images_per_row.tolist():
+            size = sum(patches[image : image + n])
+            out.append((slice(image, image + n), slice(patch, patch + size)))
+            image, patch = image + n, patch + size
+        return out
+
     def _image_indices(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """Image and patch indices (into image_grid_thw / pixel_values) of rows ``idx``."""
         empty = torch.zeros(0, dtype=torch.long)
-        grid = self.extra.get("image_grid_thw")
-        if grid is None or self.images_per_row is None:
+        if self.extra.get("image_grid_thw") is None or self.images_per_row is None:
             return empty, empty
-        counts = self.images_per_row.cpu()
-        first_image = torch.cumsum(counts, 0) - counts
-        patches = grid.prod(-1).cpu()
-        first_patch = torch.cumsum(patches, 0) - patches
-        images = [torch.arange(first_image[i], first_image[i] + counts[i]) for i in idx.tolist()]
-        image_idx = torch.cat(images) if images else empty
-        spans = [torch.arange(first_patch[j], first_patch[j] + patches[j]) for j in image_idx]
-        return image_idx, torch.cat(spans) if spans else empty
+        spans = self.image_spans()
+        rows = [spans[i] for i in idx.tolist()]
+        if not rows:
+            return empty, empty
+        image_idx = torch.cat([torch.arange(im.start, im.stop) for im, _ in rows])
+        patch_idx = torch.cat([torch.arange(px.start, px.stop) for _, px in rows])
+        return image_idx, patch_idx
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         def move(x: Any) -> Any:

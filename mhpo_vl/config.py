@@ -235,7 +235,7 @@ class Recipe:
 
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-"""Valid ``model.dtype`` / ``model.master_dtype`` (the keys of ``models.policy.DTYPES``)."""
+"""Valid ``model.dtype`` / ``model.master_dtype``; ``models.policy.DTYPES`` maps them to torch."""
 
 
 CHECKS: dict[str, Check] = {

@@ -34,10 +34,10 @@ CHUNK_ELEMENTS = 1 << 22  # float32 elements per chunk (16 MB)
 
 
 def _chunk_stats(
-    logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool, copy: bool = False
+    logits: Tensor, targets: Tensor, temperature: float, with_entropy: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(logp, entropy or zeros, logsumexp) of one chunk, in float32 (float64 stays)."""
-    x = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=copy)
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         x = x / temperature
     lse = torch.logsumexp(x, dim=-1)
@@ -51,20 +51,26 @@ def _chunk_stats(
 class _LogprobEntropy(torch.autograd.Function):
     """``(logp, entropy)`` of ``softmax(logits / tau)`` with a chunked, hand-written
     backward: ``d logp_y / dx = onehot(y) - p`` and ``dH / dx = -p (log p + H)`` with
-    ``x = logits / tau``, each chunk's gradient written into one preallocated buffer."""
+    ``x = logits / tau``, each chunk's gradient written into one preallocated buffer.
+    Entropies are computed only when asked for (zeros otherwise, which then get no
+    gradient)."""
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, targets: Tensor, temperature: float, step: int):
+    def forward(
+        ctx: Any, logits: Tensor, targets: Tensor, temperature: float, step: int, entropy: bool
+    ):
         B, T, _ = logits.shape
         dtype = torch.promote_types(logits.dtype, torch.float32)
         logp = torch.empty(B, T, dtype=dtype, device=logits.device)
         ent, lse = torch.empty_like(logp), torch.empty_like(logp)
         for start in range(0, T, step):
             sl = slice(start, start + step)
-            lp, h, l_ = _chunk_stats(logits[:, sl], targets[:, sl], temperature, True, True)
+            lp, h, l_ = _chunk_stats(logits[:, sl], targets[:, sl], temperature, entropy)
             logp[:, sl], ent[:, sl], lse[:, sl] = lp, h, l_
         ctx.save_for_backward(logits, targets, lse, ent)
         ctx.temperature, ctx.step = temperature, step
+        ctx.mark_non_differentiable(*([] if entropy else [ent]))
+        ctx.set_materialize_grads(False)  # an unused output's gradient is None, not zeros
         return logp, ent
 
     @staticmethod
@@ -88,7 +94,7 @@ class _LogprobEntropy(torch.autograd.Function):
             if g_logp is not None:
                 chunk.scatter_add_(-1, targets[:, sl, None], g_logp[:, sl, None].to(chunk.dtype))
             grad[:, sl] = chunk.div_(tau) if tau != 1.0 else chunk
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def logprobs_from_logits(
@@ -101,7 +107,7 @@ def logprobs_from_logits(
     B, T, V = logits.shape
     step = max(1, CHUNK_ELEMENTS // max(1, B * V))
     if torch.is_grad_enabled() and logits.requires_grad:
-        logp, ent = _LogprobEntropy.apply(logits, targets, temperature, step)
+        logp, ent = _LogprobEntropy.apply(logits, targets, temperature, step, with_entropy)
         return logp, ent if with_entropy else None
     logps, ents = [], []
     for start in range(0, T, step):

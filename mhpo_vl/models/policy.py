@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 
+from mhpo_vl.config import DTYPE_NAMES
 from mhpo_vl.errors import UserError
 from mhpo_vl.models.processors import load_vl_processor
 from mhpo_vl.qwen import TEXT_MODEL_TYPES, VL_MODEL_TYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 EMBEDDED_PREFIX = "embedded:"
 
 

@@ -69,16 +69,10 @@ def _row_images(batch: RolloutBatch) -> list[tuple[tuple, Tensor | None]]:
     grid, pixels = batch.extra.get("image_grid_thw"), batch.extra.get("pixel_values")
     if grid is None or pixels is None or batch.images_per_row is None:
         return [((), None)] * len(batch)
-    counts = batch.images_per_row.tolist()
-    patches = grid.prod(-1).tolist()
-    out, image, patch = [], 0, 0
-    for n in counts:
-        size = sum(patches[image : image + n])
-        out.append(
-            (tuple(map(tuple, grid[image : image + n].tolist())), pixels[patch : patch + size])
-        )
-        image, patch = image + n, patch + size
-    return out
+    return [
+        (tuple(map(tuple, grid[images].tolist())), pixels[patches])
+        for images, patches in batch.image_spans()
+    ]
 
 
 def _same(a: tuple[tuple, Tensor | None], b: tuple[tuple, Tensor | None]) -> bool:

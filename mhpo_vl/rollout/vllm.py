@@ -81,6 +81,7 @@ from torch import Tensor
 
 from mhpo_vl.batch import RolloutBatch, SamplingParams, join
 from mhpo_vl.errors import UserError
+from mhpo_vl.models.policy import DTYPES
 from mhpo_vl.rollout.encode import encode_prompts
 from mhpo_vl.rollout.engine import check_arg_keys
 from mhpo_vl.rollout.hf import response_mask_from, stop_token_ids, vision_token_ids
@@ -97,7 +98,7 @@ MISSING_VLLM = (
 VISION_LOGIT_BIAS = -100.0  # vLLM clamps logit biases to [-100, 100]
 MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuses more
 SYNC_CHUNK_BYTES = 512 << 20  # tensor-parallel sync: bytes per RPC to the worker processes
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # wrappers a trained model may sit in; their name parts are not in the checkpoint's names
 _WRAPPER_PARTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 

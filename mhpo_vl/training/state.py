@@ -16,7 +16,6 @@ from mhpo_vl.config import Recipe, dump_recipe
 from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
 from mhpo_vl.errors import RunHalted, UserError
 from mhpo_vl.models import Policy, load_policy
-from mhpo_vl.models.policy import DTYPES
 from mhpo_vl.parallel import Parallel, build_parallel
 from mhpo_vl.rollout import RolloutEngine, build_engine
 from mhpo_vl.tracking import RunLogger
@@ -125,7 +124,7 @@ def setup(cfg: Recipe) -> Run:
             params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
 
-    model, optimizer, raw = par.prepare(policy.model, make_optimizer, DTYPES[m.dtype])
+    model, optimizer, raw = par.prepare(policy.model, make_optimizer, policy.compute_dtype)
     scheduler = make_scheduler(raw, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 and float32 need none
     scaler = torch.amp.GradScaler(
