@@ -27,9 +27,15 @@ the embedded tiny Qwen2.5-VL on the synthetic shapes task) plus overrides:
   and ``stress`` (``trainer.minibatches=4 trainer.update_epochs=2 optim.lr=6e-4``: 8
   optimizer updates per batch of rollouts at twice the learning rate, so the later
   updates are far from the sampling policy: where a hard clip is expected to struggle
-  and smooth bounds on the ratio should matter).
+  and smooth bounds on the ratio should matter). These two are the study (about two
+  hours); ``--settings`` defaults to them.
+- a follow-up setting, run on request (``--settings mild``, 36 runs, about 50 min):
+  ``mild`` (``trainer.update_epochs=2``: 4 updates per batch at the tiny recipe's lr
+  3e-4), added when every MHPO variant collapsed under ``stress`` while the clipped
+  losses did not, to tell rollout reuse from the doubled learning rate. A summary
+  covers the two study settings and any follow-up setting that has run folders.
 
-Both settings run :data:`STEPS` steps with the held-out accuracy (greedy, the first
+Every setting runs :data:`STEPS` steps with the held-out accuracy (greedy, the first
 :data:`EVAL_SIZE` test problems) at the start and every :data:`EVAL_EVERY` steps, a
 checkpoint every :data:`SAVE_EVERY` steps (one kept).
 
@@ -74,7 +80,10 @@ many seeds):
   non-finite one is a skipped update, counted apart);
 - ratio extremes: the largest ``ratio_max`` and the smallest ``ratio_min`` of the run;
 - entropy at the end: the mean ``entropy`` of the last :data:`TAIL` steps;
-- collapsed: ``reward/mean`` is 0 at each of the last :data:`TAIL` steps, or the final
+- training reward at the end: the mean of ``reward/mean`` over the last :data:`TAIL`
+  steps (DAPO: ``dynamic_sampling/reward_mean_sampled``, everything sampled rather than
+  the groups dynamic sampling kept);
+- collapsed: the training reward is 0 at each of the last :data:`TAIL` steps, or the final
   accuracy is more than :data:`COLLAPSE_DROP` below the accuracy at step 0;
 - skipped updates: the sum of ``skipped_steps`` (optimizer updates skipped for a
   non-finite loss or gradient).
@@ -187,6 +196,12 @@ SETTINGS: dict[str, Setting] = {
     for s in (
         Setting("default", (), "the tiny recipe's optimisation (2 minibatches, 1 epoch, lr 3e-4)"),
         Setting(
+            "mild",
+            ("trainer.update_epochs=2",),
+            "2 minibatches x 2 epochs = 4 updates per batch of rollouts at the tiny recipe's "
+            "lr 3e-4: reuse alone, half the stress setting's and at its learning rate",
+        ),
+        Setting(
             "stress",
             ("trainer.minibatches=4", "trainer.update_epochs=2", "optim.lr=6e-4"),
             "4 minibatches x 2 epochs = 8 updates per batch of rollouts, lr 6e-4: "
@@ -194,6 +209,19 @@ SETTINGS: dict[str, Setting] = {
         ),
     )
 }
+
+
+STUDY_SETTINGS = ("default", "stress")  # the study proper; the others are follow-ups
+
+
+def summary_settings(runs_root: Path, also: Sequence[str] = ()) -> list[str]:
+    """The study's settings, plus each follow-up setting that has a folder under
+    ``runs_root`` or is in ``also`` (being trained now), in :data:`SETTINGS` order."""
+    return [
+        name
+        for name in SETTINGS
+        if name in STUDY_SETTINGS or name in also or (runs_root / name).is_dir()
+    ]
 
 
 # --------------------------------------------------------------------------- the plan
@@ -345,12 +373,22 @@ def tail_mean(records: Sequence[dict[str, Any]], key: str, last: int = TAIL) -> 
     return sum(values) / len(values) if values else None
 
 
+SAMPLED_REWARD = "dynamic_sampling/reward_mean_sampled"
+
+
+def reward_key(records: Sequence[dict[str, Any]]) -> str:
+    """The column with the mean reward of everything sampled. With dynamic sampling
+    (DAPO) ``reward/mean`` is over the kept groups only, which never include an all-0
+    group, so the sampled mean is the one to compare and to judge a collapse by."""
+    return SAMPLED_REWARD if any(SAMPLED_REWARD in r for r in records) else "reward/mean"
+
+
 def is_collapsed(
     records: Sequence[dict[str, Any]], last: int = TAIL, drop: float = COLLAPSE_DROP
 ) -> bool:
-    """``reward/mean`` is 0 at each of the last ``last`` training steps (all of them when
-    fewer), or the final held-out accuracy is more than ``drop`` below the first."""
-    rewards = [v for _, v in series(records, "reward/mean")][-last:]
+    """The sampled mean reward (:func:`reward_key`) is 0 at each of the last ``last``
+    training steps (all of them when fewer), or the final held-out accuracy is more than ``drop`` below the first."""
+    rewards = [v for _, v in series(records, reward_key(records))][-last:]
     if rewards and all(v == 0 for v in rewards):
         return True
     acc = series(records, "eval/accuracy")
@@ -369,6 +407,7 @@ def run_metrics(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "ratio_max": high,
         "ratio_min": low,
         "entropy_end": tail_mean(records, "entropy"),
+        "reward_end": tail_mean(records, reward_key(records)),
         "collapsed": is_collapsed(records),
         "skipped_updates": sum(v for _, v in series(records, "skipped_steps") if math.isfinite(v)),
         "steps": max((int(r["step"]) for r in records), default=0),
@@ -401,6 +440,7 @@ STAT_KEYS = (
     "ratio_max",
     "ratio_min",
     "entropy_end",
+    "reward_end",
     "skipped_updates",
 )
 
@@ -412,14 +452,25 @@ class RunResult:
     step: int
     records: list[dict[str, Any]]
     wall_s: float | None = None  # the study's attempts at it, summed
+    commits: tuple[str, ...] = ()  # the commits its attempts trained at
+
+
+def _attempts(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / ATTEMPTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def _commits(run_dir: Path) -> tuple[str, ...]:
+    """The commits of the attempts that trained steps, in order, each once."""
+    trained = (a for a in _attempts(run_dir) if a.get("to_step", 0) > a.get("from_step", 0))
+    return tuple(dict.fromkeys(str(a.get("commit", "unknown")) for a in trained))
 
 
 def _wall_time(run_dir: Path) -> float | None:
-    path = run_dir / ATTEMPTS_FILE
-    if not path.is_file():
-        return None
-    lines = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return sum(float(a.get("wall_s", 0.0)) for a in lines) if lines else None
+    attempts = _attempts(run_dir)
+    return sum(float(a.get("wall_s", 0.0)) for a in attempts) if attempts else None
 
 
 def collect(specs: Sequence[RunSpec]) -> list[RunResult]:
@@ -430,7 +481,9 @@ def collect(specs: Sequence[RunSpec]) -> list[RunResult]:
         records = []
         if state == "done":
             records = [r for r in read_records(spec.path) if int(r["step"]) <= spec.steps]
-        results.append(RunResult(spec, state, step, records, _wall_time(spec.path)))
+        results.append(
+            RunResult(spec, state, step, records, _wall_time(spec.path), _commits(spec.path))
+        )
     return results
 
 
@@ -439,6 +492,7 @@ def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
     and mean / std over the done seeds."""
     settings: dict[str, Any] = {}
     counts = {"planned": len(results), "done": 0, "halted": 0, "pending": 0}
+    trained_at: dict[str, int] = {}
     for res in results:
         spec = res.spec
         setting = settings.setdefault(
@@ -467,6 +521,8 @@ def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
         var["seeds"].append(spec.seed)
         if res.state == "done":
             counts["done"] += 1
+            for commit in res.commits or ("unknown",):
+                trained_at[commit] = trained_at.get(commit, 0) + 1
             var["done"].append(spec.seed)
             var["runs"][str(spec.seed)] = run_metrics(res.records)
             if res.wall_s is not None:
@@ -482,7 +538,7 @@ def summarize(results: Sequence[RunResult]) -> dict[str, Any]:
             runs = list(var["runs"].values())
             var["stats"] = {k: mean_std([r[k] for r in runs]) for k in STAT_KEYS}
             var["collapsed"] = sum(bool(r["collapsed"]) for r in runs)
-    return {"counts": counts, "settings": settings}
+    return {"counts": counts, "trained_at": trained_at, "settings": settings}
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -510,6 +566,7 @@ COLUMNS = (
     ("ratio_max", "max ratio", ".3g"),
     ("ratio_min", "min ratio", ".3g"),
     ("entropy_end", "entropy (end)", ".3f"),
+    ("reward_end", "reward (end)", ".3f"),
     ("skipped_updates", "skipped updates", ".1f"),
 )
 
@@ -526,6 +583,17 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str]) -> str:
         "each row's cells are over (done / planned). Cells are mean ± sample standard "
         "deviation over those seeds.",
         "",
+        "The done runs were trained at: "
+        + (
+            ", ".join(
+                f"`{commit}` ({n} run{'s' if n != 1 else ''})"
+                for commit, n in summary.get("trained_at", {}).items()
+            )
+            or "none yet"
+        )
+        + " (from each run's `study_attempts.jsonl`; a run resumed across commits counts "
+        "under each).",
+        "",
         "Every run is a `recipes/tiny/` vision recipe (the embedded tiny Qwen2.5-VL, the "
         "synthetic shapes task) with the study's overrides (`seed=<k>`, `trainer.max_steps`, "
         f"`eval.every`, `eval.size={EVAL_SIZE}`, `trainer.save_every`, `trainer.keep_last=1`), "
@@ -540,7 +608,10 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str]) -> str:
         f"range; *grad spikes*: steps with `grad_norm` above {SPIKE_FACTOR:g}x the run's "
         "median (finite values); *max ratio* / *min ratio*: the run's largest `ratio_max` "
         f"and smallest `ratio_min`; *entropy (end)*: mean `entropy` of the last {TAIL} "
-        f"steps; *collapsed*: runs whose `reward/mean` was 0 at each of the last {TAIL} "
+        f"steps; *reward (end)*: mean training reward of the last {TAIL} steps ({TAIL} x "
+        "128 sampled rollouts, a less noisy signal than one greedy evaluation of 100 "
+        "problems; for DAPO over everything sampled, not only the groups dynamic sampling "
+        f"kept); *collapsed*: runs whose training reward was 0 at each of the last {TAIL} "
         f"steps or whose final accuracy is more than {COLLAPSE_DROP:g} below the start; "
         "*skipped updates*: sum of `skipped_steps` (non-finite updates); *halted*: runs the "
         "trainer stopped because their updates stayed non-finite (not in the other columns).",
@@ -760,7 +831,8 @@ def _definitions() -> dict[str, str]:
         "ratio_max": "largest ratio_max of the run",
         "ratio_min": "smallest ratio_min of the run",
         "entropy_end": f"mean entropy of the last {TAIL} steps",
-        "collapsed": f"reward/mean 0 at each of the last {TAIL} steps, or final accuracy "
+        "reward_end": f"mean training reward (everything sampled) of the last {TAIL} steps",
+        "collapsed": f"training reward 0 at each of the last {TAIL} steps, or final accuracy "
         f"more than {COLLAPSE_DROP:g} below the start",
         "skipped_updates": "sum of skipped_steps (non-finite updates skipped)",
         "std": "sample standard deviation over the done seeds (n - 1)",
@@ -861,7 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild summary.md, summary.json and the plots from the runs there are",
     )
     parser.add_argument(
-        "--settings", default=",".join(SETTINGS), help=f"from: {', '.join(SETTINGS)}"
+        "--settings",
+        default=",".join(STUDY_SETTINGS),
+        help=f"from: {', '.join(SETTINGS)} (default: {','.join(STUDY_SETTINGS)}, the study; "
+        "the others are follow-ups)",
     )
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"from: {', '.join(VARIANTS)}"
@@ -946,7 +1021,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "scripts/reproduce.py", "tiny-study", *argv])
 
     # the summary covers the whole study under runs_root; the selection is what trains
-    every = plan(list(SETTINGS), list(VARIANTS), sorted({*SEEDS, *seeds}), runs_root, steps)
+    every = plan(
+        summary_settings(_resolve(runs_root), settings),
+        list(VARIANTS),
+        sorted({*SEEDS, *seeds}),
+        runs_root,
+        steps,
+    )
     if args.summarize_only:
         summary = write_summary(collect(every), out, command)
         _print_counts(summary["counts"], out)

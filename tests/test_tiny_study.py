@@ -124,8 +124,25 @@ def test_run_metrics_of_a_hand_made_run(tmp_path):
     assert m["grad_spikes"] == 1  # the 9.0; the nan is a skipped update
     assert (m["ratio_max"], m["ratio_min"]) == (3.0, 0.05)
     assert m["entropy_end"] == pytest.approx(0.5)  # last 10 steps
+    assert m["reward_end"] == pytest.approx(0.5)
     assert m["skipped_updates"] == 2.0
     assert m["collapsed"] is False and m["steps"] == 12
+
+
+def test_dapo_is_judged_by_everything_it_sampled():
+    # dynamic sampling keeps only mixed groups: reward/mean stays 0.5 while everything
+    # sampled went to 0; the study reads the sampled mean for the end reward and collapse
+    dapo = _steps(
+        12,
+        reward__mean=[0.5] * 12,
+        dynamic_sampling__reward_mean_sampled=[0.4, 0.2] + [0.0] * 10,
+    )
+    assert ts.reward_key(dapo) == "dynamic_sampling/reward_mean_sampled"
+    assert ts.is_collapsed(dapo)
+    assert ts.run_metrics(dapo)["reward_end"] == 0.0
+    plain = _steps(12, reward__mean=[0.4, 0.2] + [0.3] * 10)
+    assert ts.reward_key(plain) == "reward/mean"
+    assert ts.run_metrics(plain)["reward_end"] == pytest.approx(0.3)
 
 
 def test_mean_std_over_seeds():
@@ -183,11 +200,28 @@ def test_summary_over_fake_runs_leaves_out_the_unfinished_one(tmp_path):
     fake_run(d / "mhpo" / "seed1", 20, {0: 0.6, 10: 0.6, 20: 0.6}, ratio_max=4.0)
     fake_run(d / "grpo" / "seed0", 20, {0: 0.6, 10: 0.5, 20: 0.3}, grad=2.0)
     fake_run(d / "grpo" / "seed1", 20, {0: 0.6, 10: 0.9}, upto=10)  # interrupted at 10
+    # the commits the study trained them at: one run resumed across two commits
+    attempts = {
+        d / "mhpo" / "seed0": [("aaa", 0, 20)],
+        d / "mhpo" / "seed1": [("aaa", 0, 10), ("bbb", 10, 20), ("ccc", 20, 20)],
+        d / "grpo" / "seed0": [("bbb", 0, 20)],
+    }
+    for run, rows in attempts.items():
+        (run / ts.ATTEMPTS_FILE).write_text(
+            "".join(
+                json.dumps({"commit": c, "from_step": a, "to_step": b, "rc": 0, "wall_s": 5.0})
+                + "\n"
+                for c, a, b in rows
+            )
+        )
     results = ts.collect(specs)
     assert [r.state for r in results] == ["done", "done", "done", "resume"]
+    assert results[2].commits == ("aaa", "bbb")  # ccc trained no step
+    assert results[2].wall_s == 15.0
 
     summary = ts.summarize(results)
     assert summary["counts"] == {"planned": 4, "done": 3, "halted": 0, "pending": 1}
+    assert summary["trained_at"] == {"aaa": 2, "bbb": 2}
     mhpo = summary["settings"]["default"]["variants"]["mhpo"]
     grpo = summary["settings"]["default"]["variants"]["grpo"]
     assert mhpo["done"] == [0, 1] and grpo["done"] == [0] and grpo["pending"] == [1]
@@ -210,6 +244,7 @@ def test_summary_over_fake_runs_leaves_out_the_unfinished_one(tmp_path):
     assert "| mhpo | 2/2 | 0.700 ± 0.141 | 0.650 ± 0.071 | 1.0 ± 0.0 | 3 ± 1.4 |" in md
     assert "| grpo | 1/2 | 0.300 |" in md
     assert "Pending (1): default/grpo/seed1." in md
+    assert "trained at: `aaa` (2 runs), `bbb` (2 runs)" in md
     assert "tiny-study --summarize-only" in md and "commit `" in md
     data = json.loads((out / "summary.json").read_text())
     assert (
@@ -248,6 +283,23 @@ def test_dry_run_prints_all_72_commands(dry_runs):
     planned = [ln for ln in three.stdout.splitlines() if ln.startswith("  $ ")]
     assert len(planned) == 3 and "to train now: 3 (--max-runs 3)" in three.stdout
     assert three.stdout.count("later (beyond --max-runs 3)") == 69
+
+
+def test_follow_up_settings_join_the_summary_once_they_have_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert ts.summary_settings(runs) == ["default", "stress"]
+    assert ts.summary_settings(runs, ["mild"]) == ["default", "mild", "stress"]
+    (runs / "mild").mkdir(parents=True)
+    assert ts.summary_settings(runs) == ["default", "mild", "stress"]
+
+    argv = ["--dry-run", "--settings", "mild", "--variants", "mhpo,dapo", "--seeds", "1"]
+    assert ts.main([*argv, "--runs-root", str(runs), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    commands = [ln for ln in out.splitlines() if ln.startswith("  $ ")]
+    assert len(commands) == 2 and "/mild/dapo/seed1 " in commands[1]
+    for cmd in commands:  # reuse alone: the recipe's minibatches and learning rate
+        assert cmd.endswith(" trainer.update_epochs=2")
+        assert "minibatches" not in cmd and "optim.lr" not in cmd
 
 
 def test_a_finished_run_is_skipped_and_a_cut_one_resumes(tmp_path, capsys):
