@@ -33,7 +33,9 @@ from mhpo_vl.rewards.extract import (
     side_value,
 )
 
-BOUND_S = 2.0
+# A hang guard, not a timing claim: quadratic or backtracking work on a megabyte is
+# hours; linear work is well under a second. The bound leaves room for a loaded machine.
+BOUND_S = 30.0
 MB = 1_000_000
 MC = {"answer": "36", "choices": ["30", "36", "72", "24"], "question_type": "multi_choice"}
 INT = {"answer": "5", "choices": None, "answer_type": "integer", "question_type": "free_form"}

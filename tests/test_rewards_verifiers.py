@@ -245,7 +245,7 @@ def test_format_reward_on_megabyte_inputs():
     assert fn("<think>" + "x" * 1_000_000 + "</think><answer>1</answer>", MC) == 1.0
     assert fn("<think>" + "<answer>" * 100_000, MC) == 0.0
     assert fn("<think>a</think>" + " " * 1_000_000 + "<answer>1</answer>", MC) == 1.0
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 30.0  # a hang guard (backtracking would be hours)
 
 
 @pytest.mark.parametrize(
