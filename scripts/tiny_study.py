@@ -55,7 +55,9 @@ T = 60 gives 5180 + 1580 = 6760 s, about 1 h 53 min, leaving a few minutes for D
 dynamic sampling (up to 3 rollouts a step when groups have equal rewards). The per-step
 times come from 2-step runs, not from the whole study: each run's wall time is recorded
 (``study_attempts.jsonl`` in its folder) and ``summary.md`` reports the measured mean
-per setting. 60 steps is short: the 350-step default run gains most of its accuracy
+per setting. The whole study, measured (2026-11-25, 2 cores, at times sharing them with
+a test run): ``default`` 75 s a run (45 min for 36), ``stress`` 106 s (64 min), 1 h 49 min
+in all; the ``mild`` follow-up 85 s a run. 60 steps is short: the 350-step default run gains most of its accuracy
 after step 150, so the ``default`` setting mostly shows the early phase and the update
 statistics, and ``stress`` whether a loss stays stable far off-policy.
 
@@ -571,6 +573,31 @@ COLUMNS = (
 )
 
 
+def overview(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: one row per variant, one column per setting, each cell the final
+    accuracy (mean ± std) and how many of the done seeds collapsed."""
+    names = list(summary["settings"])
+    variants = list(dict.fromkeys(v for s in summary["settings"].values() for v in s["variants"]))
+    lines = [
+        "## Overview: final held-out accuracy (mean ± std over seeds), collapsed runs",
+        "",
+        "| variant | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for vname in variants:
+        cells = []
+        for name in names:
+            var = summary["settings"][name]["variants"].get(vname)
+            n = len(var["done"]) if var else 0
+            if not n:
+                cells.append(DASH)
+                continue
+            acc = _cell(var["stats"]["final_accuracy"], ".3f")
+            cells.append(f"{acc} ({var['collapsed']}/{n} collapsed)")
+        lines.append(f"| {vname} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(summary: dict[str, Any], meta: dict[str, str]) -> str:
     c = summary["counts"]
     lines = [
@@ -623,6 +650,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str]) -> str:
         )
         + ".",
     ]
+    lines += ["", *overview(summary)]
     for name, setting in summary["settings"].items():
         over = " ".join(f"`{o}`" for o in setting["overrides"]) or "none"
         lines += [

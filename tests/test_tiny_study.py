@@ -245,6 +245,8 @@ def test_summary_over_fake_runs_leaves_out_the_unfinished_one(tmp_path):
     assert "| grpo | 1/2 | 0.300 |" in md
     assert "Pending (1): default/grpo/seed1." in md
     assert "trained at: `aaa` (2 runs), `bbb` (2 runs)" in md
+    assert "| mhpo | 0.700 ± 0.141 (0/2 collapsed) |" in md
+    assert "| grpo | 0.300 (1/1 collapsed) |" in md
     assert "tiny-study --summarize-only" in md and "commit `" in md
     data = json.loads((out / "summary.json").read_text())
     assert (
