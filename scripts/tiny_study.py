@@ -825,10 +825,14 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def commit_id() -> str:
-    """``git rev-parse HEAD``, with a note when tracked files have uncommitted changes."""
+def commit_id(ignore: Path | None = None) -> str:
+    """``git rev-parse HEAD``, with a note when tracked files have uncommitted changes
+    (other than under ``ignore``: the summary's own folder, rewritten each time)."""
     head = _git("rev-parse", "HEAD") or "unknown"
-    if head != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+    spec = ["--", "."]
+    if ignore is not None and ignore.resolve().is_relative_to(ROOT):
+        spec.append(f":(exclude){ignore.resolve().relative_to(ROOT)}")
+    if head != "unknown" and _git("status", "--porcelain", "--untracked-files=no", *spec):
         head += " (with uncommitted changes)"
     return head
 
@@ -840,7 +844,7 @@ def _now() -> str:
 def write_summary(results: Sequence[RunResult], out: Path, command: str) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
-    meta = {"command": command, "commit": commit_id(), "date": _now()}
+    meta = {"command": command, "commit": commit_id(ignore=out), "date": _now()}
     summary = {**meta, "definitions": _definitions(), **summary}
     (out / "summary.md").write_text(render_markdown(summary, meta), encoding="utf-8")
     (out / "summary.json").write_text(
