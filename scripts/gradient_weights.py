@@ -73,7 +73,10 @@ def weight(name: str, ratio: float, advantage: float, **hyper: object) -> float:
 def table(ratios: Sequence[float] = RATIOS) -> dict[str, dict[float, dict[str, float]]]:
     """label -> advantage sign (+1.0 / -1.0) -> ``{r: weight}``."""
     return {
-        label: {a: {r: weight(name, r, a, **hyper) for r in (*ratios, 1.0)} for a in (1.0, -1.0)}
+        label: {
+            a: {r: weight(name, r, a, **hyper) for r in dict.fromkeys((*ratios, 1.0))}
+            for a in (1.0, -1.0)
+        }
         for label, name, hyper in LOSSES
     }
 

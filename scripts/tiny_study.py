@@ -57,8 +57,8 @@ times come from 2-step runs, not from the whole study: each run's wall time is r
 (``study_attempts.jsonl`` in its folder) and ``summary.md`` reports the measured mean
 per setting. The whole study, measured (2026-11-25, 2 cores, at times sharing them with
 a test run): ``default`` 75 s a run (45 min for 36), ``stress`` 106 s (64 min), 1 h 49 min
-in all; the ``mild`` follow-up 85 s a run. 60 steps is short: the 350-step default run gains most of its accuracy
-after step 150, so the ``default`` setting mostly shows the early phase and the update
+in all; the ``mild`` follow-up 85 s a run. 60 steps is short: the 350-step default run
+gains most of its accuracy after step 150, so the ``default`` setting mostly shows the early phase and the update
 statistics, and ``stress`` whether a loss stays stable far off-policy.
 
 Skipping and resuming. A run is done when ``checkpoint-<STEPS>`` exists in its folder
@@ -315,15 +315,13 @@ def _number(value: Any) -> Any:
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """``metrics.jsonl`` of a run folder (empty when there is none), numbers restored."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
+    """``metrics.jsonl`` of a run folder, read by the trainer's own reader, with the
+    non-finite numbers restored (empty when the run has not logged yet)."""
+    from mhpo_vl.tracking import read_metrics
+
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            records.append({k: _number(v) for k, v in json.loads(line).items()})
-    return records
+    return [{k: _number(v) for k, v in rec.items()} for rec in read_metrics(run_dir)]
 
 
 def _is_num(value: Any) -> bool:
@@ -389,7 +387,8 @@ def is_collapsed(
     records: Sequence[dict[str, Any]], last: int = TAIL, drop: float = COLLAPSE_DROP
 ) -> bool:
     """The sampled mean reward (:func:`reward_key`) is 0 at each of the last ``last``
-    training steps (all of them when fewer), or the final held-out accuracy is more than ``drop`` below the first."""
+    training steps (all of them when fewer), or the final held-out accuracy is more than
+    ``drop`` below the first."""
     rewards = [v for _, v in series(records, reward_key(records))][-last:]
     if rewards and all(v == 0 for v in rewards):
         return True
@@ -464,14 +463,13 @@ def _attempts(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def _commits(run_dir: Path) -> tuple[str, ...]:
+def _commits(attempts: Sequence[dict[str, Any]]) -> tuple[str, ...]:
     """The commits of the attempts that trained steps, in order, each once."""
-    trained = (a for a in _attempts(run_dir) if a.get("to_step", 0) > a.get("from_step", 0))
+    trained = (a for a in attempts if a.get("to_step", 0) > a.get("from_step", 0))
     return tuple(dict.fromkeys(str(a.get("commit", "unknown")) for a in trained))
 
 
-def _wall_time(run_dir: Path) -> float | None:
-    attempts = _attempts(run_dir)
+def _wall_time(attempts: Sequence[dict[str, Any]]) -> float | None:
     return sum(float(a.get("wall_s", 0.0)) for a in attempts) if attempts else None
 
 
@@ -483,8 +481,9 @@ def collect(specs: Sequence[RunSpec]) -> list[RunResult]:
         records = []
         if state == "done":
             records = [r for r in read_records(spec.path) if int(r["step"]) <= spec.steps]
+        attempts = _attempts(spec.path)
         results.append(
-            RunResult(spec, state, step, records, _wall_time(spec.path), _commits(spec.path))
+            RunResult(spec, state, step, records, _wall_time(attempts), _commits(attempts))
         )
     return results
 
@@ -614,7 +613,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, str]) -> str:
         + (
             ", ".join(
                 f"`{commit}` ({n} run{'s' if n != 1 else ''})"
-                for commit, n in summary.get("trained_at", {}).items()
+                for commit, n in summary["trained_at"].items()
             )
             or "none yet"
         )
