@@ -207,6 +207,12 @@ class ParallelConfig:
     strategy: str = "ddp"  # ddp: whole replicas | fsdp: FSDP2 (fully_shard) shards
     cpu_offload: bool = False  # fsdp: parameters, gradients, optimizer state on CPU
     reshard_after_forward: bool = True  # fsdp: free gathered weights after forward
+    # when gradients are reduced over the processes under gradient accumulation:
+    # "micro_batch" (reduce-scatter after every micro-batch: each process keeps only its
+    # gradient shard), "minibatch" (accumulate full unsharded float32 gradients locally and
+    # reduce once per optimizer step: fewer collectives, 4 bytes per trainable parameter
+    # more on every GPU under fsdp), "auto" (fsdp: micro_batch; ddp: minibatch)
+    grad_sync: str = "auto"
 
 
 @dataclass
@@ -292,6 +298,7 @@ CHECKS: dict[str, Check] = {
     "eval.max_new_tokens": OPTIONAL_COUNT,
     "eval.batch_size": COUNT,
     "parallel.strategy": OneOf(("ddp", "fsdp")),
+    "parallel.grad_sync": OneOf(("auto", "micro_batch", "minibatch")),
 }
 """Dotted key -> its valid values; ``mhpo-vl validate`` applies every entry."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,13 +29,18 @@ class Policy:
     models and the tokenizer for text models.
 
     ``compute_dtype`` is the dtype forwards run in; the parameters may be wider (float32
-    master weights under bfloat16 compute). Run every forward under :meth:`autocast`."""
+    master weights under bfloat16 compute). Run every forward under :meth:`autocast`.
+
+    ``device`` is where forwards run and where their inputs must go. It is not always
+    where the parameters are: under FSDP2 CPU offload they rest on the CPU and are
+    gathered onto this device for each forward. Never derive it from the parameters."""
 
     model: Any
     processor: Any
     is_vision: bool
     path: str
     compute_dtype: torch.dtype | None = None  # None: the parameters' own dtype
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def tokenizer(self) -> Any:
@@ -51,7 +56,7 @@ class Policy:
         param = next(self.model.parameters())
         if self.compute_dtype is None or self.compute_dtype == param.dtype:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=param.device.type, dtype=self.compute_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
 
 def _check_path(path: str) -> None:
@@ -166,6 +171,7 @@ def load_policy(
         is_vision=is_vision,
         path=path,
         compute_dtype=DTYPES[dtype],
+        device=torch.device(device) if device is not None else torch.device("cpu"),
     )
 
 

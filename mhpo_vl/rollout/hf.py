@@ -164,7 +164,7 @@ class HFEngine:
     ) -> RolloutBatch:
         """``len(prompts) * params.n`` rollouts; row ``p * n + j`` is sample ``j`` of prompt ``p``."""
         model = self.policy.model
-        device = next(model.parameters()).device
+        device = self.policy.device  # where forwards run (not where offloaded weights rest)
         prompt = encode_prompts(self.policy, prompts)
         prompt = prompt.select([p for p in range(len(prompts)) for _ in range(params.n)])
         B = len(prompt)
