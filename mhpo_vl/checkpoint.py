@@ -8,13 +8,11 @@ resumed run continues exactly where an uninterrupted one would be.
 from __future__ import annotations
 
 import errno
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mhpo_vl.errors import RunHalted
@@ -40,25 +38,6 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1][1] if ckpts else None
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(
@@ -193,4 +172,7 @@ def clean_leftovers(output_dir: str | Path) -> list[str]:
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt / STATE_FILE, weights_only=False)
+    """The trainer state, every tensor on the CPU: the optimizer's are moved to where
+    its parameters are when it is loaded. (Without ``map_location`` each tensor would go
+    back to the device it was saved from, ``cuda:0`` for every rank.)"""
+    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)

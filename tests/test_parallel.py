@@ -52,11 +52,14 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_fsdp2_matches_ddp_on_two_processes_and_resumes_exactly(tmp_path):
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    ddp, fsdp, fsdp_mb = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "fsdp_mb"
     res = _torchrun(ddp, "parallel.strategy=ddp", port=29541)
     assert "training on 2 process(es) (ddp)" in res.stderr
-    res = _torchrun(fsdp, "parallel.strategy=fsdp", port=29542)
+    # reducing once per minibatch, as DDP does: the same sums in the same order
+    res = _torchrun(fsdp, "parallel.strategy=fsdp", "parallel.grad_sync=minibatch", port=29542)
     assert "training on 2 process(es) (fsdp)" in res.stderr
+    # the default: a reduce-scatter after every micro-batch (3 + 1 here)
+    _torchrun(fsdp_mb, "parallel.strategy=fsdp", port=29544)
 
     # logged once, by the main process; eval at the start and the end
     for out in (ddp, fsdp):
@@ -71,18 +74,24 @@ def test_fsdp2_matches_ddp_on_two_processes_and_resumes_exactly(tmp_path):
     assert any(not torch.equal(a[k], start[k]) for k in a)  # training moved them
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    # per micro-batch reduction adds the same gradients in another order: float32
+    # rounding, which AdamW turns into at most lr-sized steps where a gradient is ~0
+    c = _weights(fsdp_mb / "checkpoint-3")
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=0, atol=1e-4, msg=k)
     # eval over 15 rows: FSDP's padded share is not counted twice
     d, f = _metrics(ddp), _metrics(fsdp)
     assert f[0]["eval/accuracy"] == d[0]["eval/accuracy"]
     assert round(d[0]["eval/accuracy"] * 15, 6) == round(d[0]["eval/accuracy"] * 15)
-    for key in ("loss", "grad_norm", "reward/mean"):
-        assert f[1][key] == pytest.approx(d[1][key], rel=1e-5, abs=1e-7), key
+    for m in (f, _metrics(fsdp_mb)):
+        for key in ("loss", "grad_norm", "reward/mean"):
+            assert m[1][key] == pytest.approx(d[1][key], rel=1e-5, abs=1e-7), key
 
     # stopped after checkpoint-2, resumed: exactly the uninterrupted weights
     resumed = tmp_path / "resumed"
     shutil.copytree(fsdp, resumed)
     shutil.rmtree(resumed / "checkpoint-3")
-    res = _torchrun(resumed, "parallel.strategy=fsdp", port=29543)
+    res = _torchrun(resumed, "parallel.strategy=fsdp", "parallel.grad_sync=minibatch", port=29543)
     assert "resumed from" in res.stderr
     c = _weights(resumed / "checkpoint-3")
     assert all(torch.equal(c[k], b[k]) for k in b)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mhpo_vl import checkpoint
+from mhpo_vl import checkpoint, rng
 from mhpo_vl.errors import UserError
 from mhpo_vl.plotting import plot_run
 from mhpo_vl.tracking import RunLogger, read_metrics
@@ -39,9 +39,9 @@ def test_checkpoints_are_atomic_complete_and_pruned(tmp_path, tiny_lm):
 
 
 def test_rng_state_round_trip():
-    state = checkpoint.rng_state()
+    state = rng.state(torch.device("cpu"))
     a = (random.random(), float(np.random.rand()), torch.rand(3))
-    checkpoint.set_rng_state(state)
+    rng.restore(state, torch.device("cpu"))
     b = (random.random(), float(np.random.rand()), torch.rand(3))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 

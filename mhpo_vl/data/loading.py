@@ -213,6 +213,7 @@ class ProblemSet:
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
     bad: BadRowLog = field(default_factory=lambda: BadRowLog("data", ""))
     source_file: str | None = None
+    text_only: int = 0  # usable rows without an image
     _good: set[int] = field(default_factory=set, repr=False)
     _bad: set[int] = field(default_factory=set, repr=False)
 
@@ -441,9 +442,10 @@ def _scan(
     base_dir: Path | None,
     log_: BadRowLog,
     max_image_pixels: int | None,
-) -> list[int]:
-    """Indices of the rows that pass the load-time checks; the others go to ``log_``."""
-    keep = []
+) -> tuple[list[int], int]:
+    """Indices of the rows that pass the load-time checks (the others go to ``log_``),
+    and how many of those have no image."""
+    keep, text_only = [], 0
     file = log_.source if base_dir is not None else None
     for i, raw in _read_rows(ds):
         if raw is None:
@@ -455,10 +457,11 @@ def _scan(
         problem = _row_problem(row, base_dir, max_image_pixels)
         if problem is None:
             keep.append(i)
+            text_only += row.get("image") is None
             continue
         reason, detail, where = problem
         log_.add(BadRow(log_.split, rid, reason, detail, where or file))
-    return keep
+    return keep, text_only
 
 
 def _row_problem(
@@ -514,7 +517,7 @@ def load_problems(
     bad = BadRowLog(key, source_file or spec.source, max_bad_frac=max_bad_frac)
     for rid, reason, detail in pre_bad:
         bad.add(BadRow(key, rid, reason, detail, source_file))
-    keep = _scan(ds, mapping, base_dir, bad, max_image_pixels)
+    keep, text_only = _scan(ds, mapping, base_dir, bad, max_image_pixels)
     bad.total = len(ds) + len(pre_bad)
     if bad.rows:
         log.warning(
@@ -532,7 +535,7 @@ def load_problems(
     bad.check(len(keep))
     return ProblemSet(
         ds, mapping, keep, spec.source, base_dir, min_pixels, max_pixels, max_image_pixels,
-        bad, source_file,
+        bad, source_file, text_only,
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from mhpo_vl import rng
 from mhpo_vl.errors import UserError
 from mhpo_vl.qwen import (
     CHAT_TEMPLATE,
@@ -308,7 +309,7 @@ def build_embedded(cfg: TinyConfig, out_dir: str | Path, log: Any = None) -> dic
     n_sft = cfg.sft_rows + cfg.sft_val_rows if cfg.sft_steps > 0 else 0
     rows = task_rows(cfg.task, "train", max(n_sft, cfg.bpe_rows))
     tok = train_tokenizer(tokenizer_corpus(rows[: cfg.bpe_rows]), cfg.bpe_vocab)
-    with torch.random.fork_rng(devices=[]):
+    with rng.fork():  # manual_seed reseeds the accelerator's generators too
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tok)
         processor = tok

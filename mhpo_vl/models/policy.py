@@ -155,7 +155,7 @@ def load_policy(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if freeze_vision and is_vision:
-        for p in _vision_tower(model).parameters():
+        for p in vision_tower(model).parameters():
             p.requires_grad_(False)
     if gradient_checkpointing:
         kwargs = {"use_reentrant": False}
@@ -175,7 +175,7 @@ def load_policy(
     )
 
 
-def _vision_tower(model: Any) -> torch.nn.Module:
+def vision_tower(model: Any) -> torch.nn.Module:
     inner = getattr(model, "model", model)
     tower = getattr(inner, "visual", None) or getattr(model, "visual", None)
     if tower is None:

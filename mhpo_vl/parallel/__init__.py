@@ -38,12 +38,14 @@ class Parallel:
 
     def __init__(self, cfg: Any) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
 
         self.cfg = cfg
-        # Text-only batches leave a VL model's vision tower unused: DDP must allow that.
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+        init_process_group(cfg)
+        # mixed_precision "no": the policy autocasts itself (Policy.autocast); a user's
+        # accelerate config or ACCELERATE_MIXED_PRECISION must not wrap a second
+        # autocast around it
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+        self.grad_sync = resolve_grad_sync(cfg.grad_sync, self.name)
 
     # -------------------------------------------------------------- the process group
 
@@ -95,19 +97,29 @@ class Parallel:
         model: torch.nn.Module,
         make_optimizer: Callable[[list], torch.optim.Optimizer],
         compute_dtype: torch.dtype | None = None,
+        unused_parameters: bool = False,
     ) -> tuple[Any, torch.optim.Optimizer, torch.optim.Optimizer]:
         """(the model to train, the optimizer to step, the raw optimizer a scheduler
-        attaches to), with the optimizer over the trainable parameters."""
+        attaches to), with the optimizer over the trainable parameters.
+
+        ``unused_parameters``: some trainable parameters may get no gradient in a step
+        (a trainable vision tower, text-only rows): DDP must then search the graph for
+        them after every backward, which costs a traversal per step otherwise saved."""
         raise NotImplementedError
 
     def unwrap(self, model: Any) -> torch.nn.Module:
         """The transformers model inside whatever wrapper :meth:`prepare` put on it."""
         return model
 
-    def accumulate(self, model: Any, sync: bool) -> contextlib.AbstractContextManager:
-        """Context for one micro-batch's backward; gradients are reduced over the
-        processes only when ``sync`` (the minibatch's last micro-batch)."""
+    def accumulate(self, model: Any, last: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch's backward: gradients are reduced over the
+        processes after it when it is the minibatch's ``last``, or after every
+        micro-batch when ``parallel.grad_sync`` is ``micro_batch``."""
         raise NotImplementedError
+
+    def syncs(self, last: bool) -> bool:
+        """Whether this micro-batch's gradients are reduced (see :meth:`accumulate`)."""
+        return last or self.grad_sync == "micro_batch"
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
@@ -135,6 +147,38 @@ class Parallel:
         optimizer.load_state_dict(state)
 
 
+def backend_for(device_type: str, cpu_offload: bool) -> str:
+    """The process group's backend: NCCL for CUDA tensors, gloo for CPU ones. Offloaded
+    parameters and gradients are CPU tensors that some collectives reduce (the gradient
+    norm's shards), which NCCL cannot: offload needs both backends in one group."""
+    if device_type != "cuda":
+        return "gloo"
+    return "cuda:nccl,cpu:gloo" if cpu_offload else "nccl"
+
+
+def init_process_group(cfg: Any) -> None:
+    """Join the group ``torchrun`` / ``accelerate launch`` describes (``WORLD_SIZE`` > 1),
+    on this process's GPU, with :func:`backend_for`'s backend; nothing when the group is
+    up already or there is one process."""
+    import os
+
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend_for(device_type, cfg.cpu_offload))
+
+
+def resolve_grad_sync(setting: str, strategy: str) -> str:
+    """``parallel.grad_sync`` as it runs: ``auto`` is ``micro_batch`` under fsdp (keep
+    only gradient shards) and ``minibatch`` under ddp (its gradients are whole anyway)."""
+    if setting != "auto":
+        return setting
+    return "micro_batch" if strategy == "fsdp" else "minibatch"
+
+
 def _local(p: torch.Tensor) -> torch.Tensor:
     """A sharded parameter's local shard; a plain tensor itself."""
     return p.to_local() if hasattr(p, "to_local") else p
@@ -151,4 +195,4 @@ def build_parallel(cfg: Any) -> Parallel:
     return STRATEGIES.get(cfg.strategy)(cfg)
 
 
-__all__ = ["STRATEGIES", "Parallel", "build_parallel", "trainable"]
+__all__ = ["STRATEGIES", "Parallel", "backend_for", "build_parallel", "trainable"]

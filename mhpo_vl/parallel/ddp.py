@@ -21,16 +21,25 @@ class DDP(Parallel):
         model: torch.nn.Module,
         make_optimizer: Callable[[list], torch.optim.Optimizer],
         compute_dtype: torch.dtype | None = None,
+        unused_parameters: bool = False,
     ) -> tuple[Any, torch.optim.Optimizer, torch.optim.Optimizer]:
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.accelerator.ddp_handler = DistributedDataParallelKwargs(
+            find_unused_parameters=unused_parameters
+        )
         raw = make_optimizer(list(trainable(model)))
-        wrapped, optimizer = self.accelerator.prepare(model, raw)
+        # the model is already on self.device (load_policy put it there): accelerate must
+        # not move it to a device of its own choosing
+        model.to(self.device)
+        wrapped, optimizer = self.accelerator.prepare(model, raw, device_placement=[False, False])
         return wrapped, optimizer, raw
 
     def unwrap(self, model: Any) -> torch.nn.Module:
         return self.accelerator.unwrap_model(model)
 
-    def accumulate(self, model: Any, sync: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if sync else self.accelerator.no_sync(model)
+    def accumulate(self, model: Any, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.syncs(last) else self.accelerator.no_sync(model)
 
     def clip_grad_norm(self, model: Any, max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(list(trainable(model)), max_norm))

@@ -12,18 +12,19 @@ Checkpoints hold full weights (HF format, so every checkpoint is also an export)
 full optimizer state; a resumed run shards them the same way and continues exactly.
 Every forward gathers weights collectively, so every process must run the same number
 of forwards (:attr:`lockstep`): the trainer keeps rollouts, micro-batches and eval in
-step, and generation runs with ``synced_gpus``.
+step. Generation is the exception: :func:`gathered` gathers every unit once for a whole
+``generate`` call (not once per decoded token), so its forwards need no collective.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from mhpo_vl.parallel import STRATEGIES, Parallel, trainable
+from mhpo_vl.parallel import STRATEGIES, Parallel, backend_for, trainable
 
 
 def _full_options(**kw: Any) -> Any:
@@ -42,17 +43,17 @@ class FSDP(Parallel):
         model: torch.nn.Module,
         make_optimizer: Callable[[list], torch.optim.Optimizer],
         compute_dtype: torch.dtype | None = None,
+        unused_parameters: bool = False,
     ) -> tuple[Any, torch.optim.Optimizer, torch.optim.Optimizer]:
         from torch.distributed.fsdp import (
             CPUOffloadPolicy,
             MixedPrecisionPolicy,
             fully_shard,
-            register_fsdp_forward_method,
         )
 
         if not torch.distributed.is_initialized():  # one process: a group of one
             torch.distributed.init_process_group(
-                "gloo" if self.device.type == "cpu" else "nccl",
+                backend_for(self.device.type, self.cfg.cpu_offload),
                 init_method="tcp://127.0.0.1:0", rank=0, world_size=1,
             )  # fmt: skip
         compute = compute_dtype or next(model.parameters()).dtype
@@ -68,13 +69,13 @@ class FSDP(Parallel):
             if type(module).__name__ in blocks:
                 fully_shard(module, **kwargs)
         fully_shard(model, **kwargs)
-        # generate() runs forwards of its own: it gathers the root's weights like forward
-        register_fsdp_forward_method(model, "generate")
         optimizer = make_optimizer(list(trainable(model)))
         return model, optimizer, optimizer
 
-    def accumulate(self, model: Any, sync: bool) -> contextlib.AbstractContextManager:
-        model.set_requires_gradient_sync(sync)
+    def accumulate(self, model: Any, last: bool) -> contextlib.AbstractContextManager:
+        # micro_batch: reduce-scatter after each backward, so no process ever holds more
+        # than its gradient shard; minibatch: whole float32 gradients until the last one
+        model.set_requires_gradient_sync(self.syncs(last))
         return contextlib.nullcontext()
 
     def clip_grad_norm(self, model: Any, max_norm: float) -> float:
@@ -106,3 +107,37 @@ class FSDP(Parallel):
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         set_optimizer_state_dict(model, optimizer, state, options=_full_options())
+
+
+@contextlib.contextmanager
+def gathered(model: Any) -> Iterator[None]:
+    """The whole model unsharded (in the compute dtype) for the ``with`` block: every
+    FSDP unit all-gathered once, kept through every forward inside, resharded at the
+    end. For ``generate``: decoding runs one forward per token, and without this each
+    would all-gather every layer again. It also registers the unsharded parameters on
+    the modules, so ``model.device`` (which transformers' ``generate`` moves inputs to)
+    is the compute device even when the shards rest on the CPU (``cpu_offload``).
+    Costs a full copy of the weights in the compute dtype on every process meanwhile.
+    A no-op for a model that is not sharded. Every process must enter it together."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    model._get_fsdp_state()._lazy_init()  # the root is settled before anything changes
+    groups = [g for m in units for g in m._get_fsdp_state()._fsdp_param_groups]
+    # post_forward_mesh_info is what set_reshard_after_forward sets (None: keep the
+    # weights after forward); saved and put back per group, the root's special case too
+    saved = [g.post_forward_mesh_info for g in groups]
+    for g in groups:
+        g.post_forward_mesh_info = None
+    try:
+        for m in units:
+            m.unshard()
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+        for g, info in zip(groups, saved, strict=True):
+            g.post_forward_mesh_info = info

@@ -20,6 +20,7 @@ from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsW
 
 from mhpo_vl.batch import RolloutBatch, SamplingParams, join
 from mhpo_vl.errors import UserError
+from mhpo_vl.parallel.fsdp import gathered
 from mhpo_vl.qwen import VISION_TOKENS
 from mhpo_vl.rollout.encode import encode_prompts
 from mhpo_vl.rollout.engine import check_arg_keys
@@ -82,16 +83,6 @@ def response_mask_from(completion_ids: Tensor, stop_ids: Sequence[int]) -> Tenso
     is_stop = torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))
     stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
     return (stops_before == 0).float()
-
-
-def _sharded_over_processes(model: Any) -> bool:
-    """Whether every forward gathers weights from other processes (FSDP2 over 2+): then
-    every process must keep decoding until all are done (``generate``'s synced_gpus)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    dist = torch.distributed
-    multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return multi and isinstance(model, FSDPModule)
 
 
 def _pad_right(tensors: Sequence[Tensor], value: float) -> Tensor:
@@ -173,7 +164,8 @@ class HFEngine:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), self.policy.autocast():
+            # sharded (FSDP): gather the weights once for the whole call, not per token
+            with gathered(model), torch.no_grad(), self.policy.autocast():
                 for start in range(0, B, step):
                     sub = prompt.select(range(start, min(B, start + step))).to(device)
                     ids, lps = self._generate(sub, params)
@@ -209,7 +201,6 @@ class HFEngine:
                 **sub.model_inputs(),
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]),
-                synced_gpus=_sharded_over_processes(model),
             )
         finally:
             model.generation_config = saved

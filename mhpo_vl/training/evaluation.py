@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mhpo_vl import rng
 from mhpo_vl.batch import SamplingParams
 from mhpo_vl.data import BadRowLog, ProblemSet
 
@@ -76,7 +77,7 @@ def evaluate(run: Run) -> dict[str, float]:
     metrics: dict[str, float] = {}
     t0 = time.perf_counter()
     run.engine.wake()
-    with torch.random.fork_rng(devices=[]):
+    with rng.fork(par.device):  # the device's generator too: sampling draws from it
         for prefix, bench, all_rows in run.suites:
             rows, counted = share(all_rows, par.rank, par.world, par.lockstep)
             result = run_benchmark(

@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from mhpo_vl import checkpoint
+from mhpo_vl import checkpoint, rng
 from mhpo_vl.config import Recipe, dump_recipe
 from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
 from mhpo_vl.errors import RunHalted, UserError
 from mhpo_vl.models import Policy, load_policy
+from mhpo_vl.models.policy import vision_tower
 from mhpo_vl.parallel import Parallel, build_parallel
 from mhpo_vl.rollout import RolloutEngine, build_engine
 from mhpo_vl.tracking import RunLogger
@@ -81,6 +82,15 @@ def _load_policy(path: str, cfg: Recipe, device: Any, master_dtype: str) -> Poli
     )
 
 
+def may_leave_parameters_unused(policy: Policy, train_set: ProblemSet) -> bool:
+    """Whether a step can leave trainable parameters without a gradient: a vision model
+    whose vision tower trains, with training rows that have no image (a batch of them
+    never runs the tower). DDP must then look for such parameters after each backward."""
+    if not policy.is_vision or train_set.text_only == 0:
+        return False
+    return any(p.requires_grad for p in vision_tower(policy.model).parameters())
+
+
 def _check_verifiers() -> None:
     """Stop before training if math-verify cannot run here: every math reward would be 0."""
     from mhpo_vl.rewards.mathcheck import VerifierUnavailable, require_math_verify
@@ -105,7 +115,9 @@ def setup(cfg: Recipe) -> Run:
             log.info("removed %s, left by an interrupted run", out / name)
     par.barrier()
     ckpt = checkpoint.latest_checkpoint(out) if cfg.trainer.resume else None
-    torch.manual_seed(cfg.seed)
+    # Each process samples its own stream (rollouts of one prompt on two ranks must
+    # differ); the weights do not depend on it (loaded, or broadcast from rank 0).
+    torch.manual_seed(cfg.seed + par.rank)
     m = cfg.model
     policy = _load_policy(str(ckpt) if ckpt else m.path, cfg, par.device, m.master_dtype)
     # The reference is the starting policy; it is not loaded at all when unused. Frozen,
@@ -124,7 +136,10 @@ def setup(cfg: Recipe) -> Run:
             params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
 
-    model, optimizer, raw = par.prepare(policy.model, make_optimizer, policy.compute_dtype)
+    model, optimizer, raw = par.prepare(
+        policy.model, make_optimizer, policy.compute_dtype,
+        unused_parameters=may_leave_parameters_unused(policy, train_set),
+    )  # fmt: skip
     scheduler = make_scheduler(raw, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 and float32 need none
     scaler = torch.amp.GradScaler(
@@ -162,7 +177,15 @@ def _restore(run: Run, ckpt: Path) -> None:
     run.par.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.sampler.load_state_dict(state["data_order"])
-    checkpoint.set_rng_state(state["rng"][run.par.rank])
+    saved = state["rng"]
+    if len(saved) == run.par.world:
+        rng.restore(saved[run.par.rank], run.par.device)
+    elif run.par.is_main:  # the weights and optimizer resume exactly; sampling cannot
+        log.warning(
+            "%s was written by %d process(es), this run has %d: random streams restart "
+            "from the seed, so the run continues, but not as the original would have",
+            ckpt, len(saved), run.par.world,
+        )  # fmt: skip
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.skips.update(state.get("skips", {}))
@@ -175,7 +198,7 @@ def _restore(run: Run, ckpt: Path) -> None:
 def save(run: Run, step: int) -> None:
     """Write ``checkpoint-<step>`` (every process takes part; the main one writes)."""
     par = run.par
-    rng = par.gather(checkpoint.rng_state())
+    rng_states = par.gather(rng.state(par.device))
     require_finite_weights(run, step)
     weights = par.model_state(run.model)
     optimizer = par.optimizer_state(run.model, run.optimizer)
@@ -185,7 +208,7 @@ def save(run: Run, step: int) -> None:
             "optimizer": optimizer,
             "scheduler": run.scheduler.state_dict(),
             "data_order": run.sampler.state_dict(),
-            "rng": rng,
+            "rng": rng_states,
             "scaler": run.scaler.state_dict(),
             "skips": dict(run.skips),
         }

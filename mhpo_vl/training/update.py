@@ -169,13 +169,13 @@ def accumulate_minibatch(run: Run, inputs: UpdateInputs, mb: list[int]) -> dict[
     for i in range(total):
         last = i == total - 1
         if i >= len(chunks):  # a forward to stay in step with the other processes
-            with par.accumulate(run.model, sync=last), run.policy.autocast():
+            with par.accumulate(run.model, last=last), run.policy.autocast():
                 logp, _ = token_logprobs(run.model, batch.select(chunks[0]), shared_prefix=shared)
                 par.backward(logp.sum() * 0.0)
             continue
         idx = chunks[i]
         sub = batch.select(idx)
-        with par.accumulate(run.model, sync=last):
+        with par.accumulate(run.model, last=last):
             with run.policy.autocast():
                 logp, ent = token_logprobs(run.model, sub, with_entropy=True, shared_prefix=shared)
             old = inputs.old_B[idx] if inputs.old_B is not None else logp.detach()
