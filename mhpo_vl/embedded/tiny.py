@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -41,6 +41,9 @@ from mhpo_vl.qwen import (
     TEXT_MODEL_TYPES,
     VL_MODEL_TYPES,
 )
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 VL_ARCHS = VL_MODEL_TYPES
 TEXT_ARCHS = TEXT_MODEL_TYPES
@@ -162,8 +165,13 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Any:
 # --- models
 
 
-def _token_ids(tok: Any) -> dict[str, int]:
-    ids = dict(zip(SPECIAL_TOKENS, tok.convert_tokens_to_ids(SPECIAL_TOKENS), strict=True))
+def _token_ids(cfg: TinyConfig, tok: Any = None) -> dict[str, int]:
+    """The special tokens' ids in ``tok``; without it, where :func:`train_tokenizer` puts
+    them when the BPE learns all of its ``cfg.bpe_vocab`` tokens (right after them)."""
+    if tok is None:
+        ids = {t: cfg.bpe_vocab + i for i, t in enumerate(SPECIAL_TOKENS)}
+    else:
+        ids = dict(zip(SPECIAL_TOKENS, tok.convert_tokens_to_ids(SPECIAL_TOKENS), strict=True))
     return {
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
@@ -227,29 +235,45 @@ def _vision_config(cfg: TinyConfig) -> dict[str, Any]:
     }
 
 
-def build_model(cfg: TinyConfig, tok: Any) -> torch.nn.Module:
-    """A randomly initialised model of ``cfg.arch`` sized by ``cfg`` (seed it first)."""
+def embedded_config(cfg: TinyConfig, tok: Any = None) -> PretrainedConfig:
+    """The transformers config of ``cfg``'s model, without building the model. Its
+    vocabulary and special-token ids are ``tok``'s; without a tokenizer, those of one
+    whose BPE learned all of its ``cfg.bpe_vocab`` tokens (the shapes, without training
+    the BPE)."""
     import transformers as tf
 
-    ids = _token_ids(tok)
-    text = _text_config(cfg, len(tok), ids)
+    ids = _token_ids(cfg, tok)
+    vocab_size = len(tok) if tok is not None else cfg.bpe_vocab + len(SPECIAL_TOKENS)
+    text = _text_config(cfg, vocab_size, ids)
     if not cfg.is_vision:
         config_cls = tf.Qwen2Config if cfg.arch == "qwen2" else tf.Qwen3Config
-        model_cls = tf.Qwen2ForCausalLM if cfg.arch == "qwen2" else tf.Qwen3ForCausalLM
-        return model_cls(config_cls(**text, tie_word_embeddings=True))
-    config_cls, model_cls = {
-        "qwen2_vl": (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration),
-        "qwen2_5_vl": (tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration),
-        "qwen3_vl": (tf.Qwen3VLConfig, tf.Qwen3VLForConditionalGeneration),
+        return config_cls(**text, tie_word_embeddings=True)
+    config_cls = {
+        "qwen2_vl": tf.Qwen2VLConfig,
+        "qwen2_5_vl": tf.Qwen2_5_VLConfig,
+        "qwen3_vl": tf.Qwen3VLConfig,
     }[cfg.arch]
     vision_ids = {k: v for k, v in ids.items() if k.startswith(("image", "video", "vision"))}
-    config = config_cls(
+    return config_cls(
         text_config=text,
         vision_config=_vision_config(cfg),
         tie_word_embeddings=True,  # top level (Qwen3-VL ignores it inside text_config)
         **vision_ids,
     )
-    return model_cls(config)
+
+
+def build_model(cfg: TinyConfig, tok: Any) -> torch.nn.Module:
+    """A randomly initialised model of ``cfg.arch`` sized by ``cfg`` (seed it first)."""
+    import transformers as tf
+
+    model_cls = {
+        "qwen2": tf.Qwen2ForCausalLM,
+        "qwen3": tf.Qwen3ForCausalLM,
+        "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
+        "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": tf.Qwen3VLForConditionalGeneration,
+    }[cfg.arch]
+    return model_cls(embedded_config(cfg, tok))
 
 
 def build_image_processor(cfg: TinyConfig) -> Any:
