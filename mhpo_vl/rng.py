@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,12 +73,26 @@ def fork(device: torch.device | None = None) -> contextlib.AbstractContextManage
     return torch.random.fork_rng(devices=devices, device_type=torch.device(device).type)
 
 
-@contextlib.contextmanager
-def preserved(device: torch.device | None = None) -> Iterator[None]:
-    """Like :func:`fork`, and Python's and numpy's generators too (for code, such as an
-    engine's constructor, that reseeds everything)."""
-    py, npy = random.getstate(), np.random.get_state()
-    with fork(device):
-        yield
-    random.setstate(py)
-    np.random.set_state(npy)
+@dataclass
+class Snapshot:
+    """Every process-wide generator at once: Python's, numpy's, torch's CPU one and
+    those of every device of the current accelerator (``torch.cuda``'s on a GPU node).
+    For code that reseeds them all (vLLM's constructor), to put them back after."""
+
+    python: Any
+    numpy: Any
+    torch_cpu: torch.Tensor
+    devices: list[torch.Tensor] | None
+
+    @classmethod
+    def capture(cls) -> Snapshot:
+        module = _device_module(torch.accelerator.current_accelerator())
+        devices = module.get_rng_state_all() if module is not None else None
+        return cls(random.getstate(), np.random.get_state(), torch.get_rng_state(), devices)
+
+    def restore(self) -> None:
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch_cpu)
+        if self.devices is not None:
+            _device_module(torch.accelerator.current_accelerator()).set_rng_state_all(self.devices)

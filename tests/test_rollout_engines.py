@@ -26,13 +26,19 @@ def policy():
     return load_policy("embedded:tiny-vl")
 
 
+# what a recipe must give an engine (everything else has a default)
+REQUIRED_ARGS = {"hf": {}, "vllm": {"max_model_len": 4096}}
+
+
 @pytest.mark.parametrize("name", ENGINES.names())
 def test_every_engine_declares_what_the_trainer_reads(name):
     factory = ENGINES.get(name)
     assert factory.logprobs in LOGPROB_KINDS
     for method in ("generate", "sync_weights", "sleep", "wake", "check_args"):
         assert callable(getattr(factory, method)), f"{name}.{method}"
-    assert isinstance(factory.check_args({}, "rollout.engine_args"), dict)  # defaults work
+    required = REQUIRED_ARGS[name]
+    args = factory.check_args(required, "rollout.engine_args")  # the defaults fill the rest
+    assert isinstance(args, dict) and required.items() <= args.items()
 
 
 def test_hf_engine_implements_the_protocol(policy):

@@ -27,11 +27,15 @@ ENGINES.register("vllm", VLLMEngine)  # imports vllm only when built
 
 
 def check_section(rollout: Any, trainer: Any) -> None:
-    """Check the recipe's ``rollout`` section: the engine's name and its ``engine_args``,
-    and that ``trainer.old_logprobs`` can be honoured by that engine."""
+    """Check the recipe's ``rollout`` section: the engine's name and its ``engine_args``
+    (and, for an engine with a ``check_rollout`` hook, its arguments against the rest of
+    the section), and that ``trainer.old_logprobs`` can be honoured by that engine."""
     ENGINES.check("rollout.engine", rollout.engine)
     factory = ENGINES.get(rollout.engine)
     factory.check_args(rollout.engine_args, "rollout.engine_args")
+    check_rollout = getattr(factory, "check_rollout", None)
+    if check_rollout is not None:
+        check_rollout(rollout, "rollout")
     try:
         resolve_old_logprobs(trainer.old_logprobs, factory.logprobs, rollout.temperature)
     except UserError as exc:

@@ -24,6 +24,15 @@ and reads one declared capability, :attr:`RolloutEngine.logprobs`:
 Engines are built by :func:`build_engine` from the recipe's ``rollout.engine`` (a name
 in :data:`ENGINES`) and ``rollout.engine_args`` (a free mapping the engine checks itself
 with its ``check_args``, so a typo names the bad key before any model loads).
+
+Two optional parts, read with ``getattr``:
+
+- an engine class may have a classmethod ``check_rollout(rollout, key)``: it checks its
+  ``engine_args`` against the rest of the recipe's ``rollout`` section (``key`` is
+  ``"rollout"``), e.g. vLLM's ``max_model_len`` against ``max_new_tokens``;
+- an engine may have ``lockstep: bool``: when true, its ``generate`` is a collective
+  across processes, so every process must call it the same number of times (the
+  vllm engine's tensor-parallel groups under torchrun). Absent means false.
 """
 
 from __future__ import annotations
