@@ -1,6 +1,6 @@
 """``python -m mhpo_vl ...`` is the same as the ``mhpo-vl`` command."""
 
-from mhpo_vl.cli import main
+from mhpo_vl.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -8,16 +8,20 @@ resumed run continues exactly where an uninterrupted one would be.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from mhpo_vl.errors import RunHalted
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+SHARDED_DIR = "sharded"  # torch.distributed.checkpoint: model + optimizer, one file per process
+HF_SHARD_BYTES = 5 << 30  # HF-format weight files are split at this size
 LEFTOVER_RE = re.compile(r"^(\.checkpoint-\d+\.tmp|\.deleting-checkpoint-\d+)$")
 STATE_FILE = "trainer_state.pt"
 
@@ -35,9 +39,36 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def is_sharded(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds its training state sharded (written under FSDP2)."""
+    return (ckpt / SHARDED_DIR).is_dir()
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(output_dir)
     return ckpts[-1][1] if ckpts else None
+
+
+class Group(Protocol):
+    """The processes that write one checkpoint together (a :class:`~mhpo_vl.parallel.
+    Parallel` is one): each writes its part, the main one creates and renames the
+    folder, and all of them agree on what happened."""
+
+    is_main: bool
+
+    def barrier(self) -> None: ...
+
+    def sum(self, value: float) -> float: ...
+
+
+class _Alone:
+    is_main = True
+
+    def barrier(self) -> None:
+        pass
+
+    def sum(self, value: float) -> float:
+        return value
 
 
 def save_checkpoint(
@@ -49,54 +80,91 @@ def save_checkpoint(
     keep_last: int,
     state_dict: dict[str, Any] | None = None,
 ) -> Path:
+    """One process writes ``checkpoint-<step>``: the model and processor in HF format
+    (``state_dict``: weights to save instead of the model's own) and the trainer state.
+    See :func:`write_checkpoint`."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        save_state(state, tmp / STATE_FILE)
+
+    return write_checkpoint(output_dir, step, write, keep_last)
+
+
+def write_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    write: Callable[[Path], None],
+    keep_last: int,
+    group: Group | None = None,
+) -> Path:
     """Write ``checkpoint-<step>`` via a temporary folder and a rename, then prune old ones.
 
-    On a full disk the partial folder is removed, the checkpoints this save would prune
-    anyway make room, and the write is tried once more; if there is nothing to prune, a
-    :class:`~mhpo_vl.errors.RunHalted` says so, leaving the last good checkpoint intact
-    for a rerun to resume from."""
-    root = Path(output_dir)
+    ``write(folder)`` is called on every process of ``group`` (default: this one alone)
+    and writes that process's part. On a full disk (on any process) the partial folder
+    is removed, the checkpoints this save would prune anyway make room, and the write is
+    tried once more; if there is nothing to prune, a :class:`~mhpo_vl.errors.RunHalted`
+    says so, leaving the last good checkpoint intact for a rerun to resume from."""
+    root, group = Path(output_dir), group or _Alone()
     try:
-        path = _write(root, step, model, processor, state, state_dict)
-    except Exception as exc:
-        if not _disk_full(exc):
-            raise
-        if not prune(root, keep_last, room_for_one=True):
+        path = _attempt(root, step, write, group)
+    except _SaveFailed as failed:
+        if not failed.disk_full:
+            raise failed.error or RunHalted(
+                f"another process failed to write checkpoint-{step}; see its error"
+            ) from None
+        made_room = prune(root, keep_last, room_for_one=True) if group.is_main else False
+        if group.sum(float(made_room)) == 0:
             last = latest_checkpoint(root)
             kept = f"{last.name} is intact; a rerun resumes from it" if last else "none saved yet"
             raise RunHalted(
                 f"no space left on device in {root} while writing checkpoint-{step} ({kept}); "
                 "free some space or lower trainer.keep_last"
             ) from None
-        return save_checkpoint(root, step, model, processor, state, keep_last, state_dict)
-    prune(root, keep_last)
+        return write_checkpoint(root, step, write, keep_last, group)
+    if group.is_main:
+        prune(root, keep_last)
+    group.barrier()
     return path
 
 
-def _write(
-    root: Path,
-    step: int,
-    model: Any,
-    processor: Any,
-    state: dict[str, Any],
-    state_dict: dict[str, Any] | None = None,
-) -> Path:
+class _SaveFailed(Exception):
+    """Some process could not write its part: this one's error (None: another's)."""
+
+    def __init__(self, error: Exception | None, disk_full: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.disk_full = error, disk_full
+
+
+def _attempt(root: Path, step: int, write: Callable[[Path], None], group: Group) -> Path:
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    if group.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        # state_dict: full weights gathered from shards (FSDP); None: the model's own
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        _save_state(state, tmp / STATE_FILE)
+    group.barrier()
+    error: Exception | None = None
+    try:
+        write(tmp)
+    except Exception as exc:  # every process must still learn of it (below)
+        error = exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        _remove(final)
-    tmp.rename(final)
+    failures = group.sum(float(error is not None))
+    if failures:
+        full = group.sum(float(error is not None and _disk_full(error)))
+        if group.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        group.barrier()
+        raise _SaveFailed(error, disk_full=full == failures)
+    if group.is_main:
+        if final.exists():
+            _remove(final)
+        tmp.rename(final)
+    group.barrier()
     return final
 
 
@@ -119,7 +187,8 @@ class _Writer:
         self.fh.flush()
 
 
-def _save_state(state: dict[str, Any], path: Path) -> None:
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` that reports a full disk as the ``OSError`` it is."""
     with open(path, "wb") as fh:
         writer = _Writer(fh)
         try:
@@ -176,3 +245,66 @@ def load_state(ckpt: Path) -> dict[str, Any]:
     its parameters are when it is loaded. (Without ``map_location`` each tensor would go
     back to the device it was saved from, ``cuda:0`` for every rank.)"""
     return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_bytes: int = HF_SHARD_BYTES) -> list[list[str]]:
+    """Tensor names, in order, grouped into files of at most ``max_bytes`` each (a
+    tensor larger than that gets a file of its own)."""
+    shards: list[list[str]] = []
+    size = 0
+    for name, nbytes in sizes:
+        if not shards or (size + nbytes > max_bytes and shards[-1]):
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+class SafetensorsWriter:
+    """Hugging Face format weights written file by file as their tensors arrive (in the
+    order of ``plan``, from :func:`plan_shards`), so at most one file's tensors are in
+    memory: ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` and the
+    ``model.safetensors.index.json`` that maps names to files. ``rename`` maps a file's
+    tensors to the names the checkpoint format uses (transformers renames some modules
+    on load and back on save)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        plan: list[list[str]],
+        rename: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] = dict,
+    ) -> None:
+        self.directory, self.plan, self.rename = Path(directory), plan, rename
+        self.pending: dict[str, torch.Tensor] = {}
+        self.weight_map: dict[str, str] = {}
+        self.total_bytes = 0
+        self.written = 0  # files written so far
+
+    def _file(self, i: int) -> str:
+        n = len(self.plan)
+        return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        i = self.written
+        self.pending[name] = tensor.detach().to("cpu").contiguous()
+        if len(self.pending) < len(self.plan[i]):
+            return
+        assert list(self.pending) == self.plan[i], "tensors arrived out of plan order"
+        tensors = self.rename(self.pending)
+        save_file(tensors, str(self.directory / self._file(i)), metadata={"format": "pt"})
+        for key, value in tensors.items():
+            self.weight_map[key] = self._file(i)
+            self.total_bytes += value.numel() * value.element_size()
+        self.pending = {}
+        self.written += 1
+
+    def finish(self) -> None:
+        assert self.written == len(self.plan), "tensors missing from the plan"
+        if len(self.plan) > 1:
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": self.weight_map}
+            (self.directory / "model.safetensors.index.json").write_text(
+                json.dumps(index, indent=2, sort_keys=True) + "\n"
+            )

@@ -20,6 +20,8 @@ examples:
   mhpo-vl train recipes/tiny/mhpo.yaml trainer.max_steps=4 trainer.output_dir=runs/try
   mhpo-vl validate recipes/tiny/*.yaml                       # check recipes without running
   mhpo-vl validate recipes/tiny/mhpo.yaml optim.lr=5e-5      # ... with overrides
+  mhpo-vl estimate recipes/qwen2_5_vl_7b/geometry3k_mhpo.yaml --gpus 4   # will it fit?
+  mhpo-vl export runs/tiny_mhpo/checkpoint-350 --out models/tiny_mhpo  # a stock HF model
   mhpo-vl plot runs/tiny_mhpo                                # PNG curves from metrics.jsonl
   mhpo-vl eval score mathvista output.json --out-dir scored  # MathVista-compatible scoring
   mhpo-vl report text_qwen2_5_7b                             # the paper's table beside ours
@@ -51,6 +53,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for path in recipes:
         validate_recipe(path, overrides)
         print(f"ok  {path}")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from mhpo_vl.estimate import estimate_recipe_file, render_json, render_text
+
+    est = estimate_recipe_file(
+        args.recipe, args.overrides, args.gpus, args.gpu_mem, args.prompt_tokens
+    )
+    print(render_json(est) if args.json else render_text(est, args.recipe), end="")
+    return 0 if est.fits else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mhpo_vl.export import export_checkpoint
+
+    print(export_checkpoint(args.checkpoint, args.out))
     return 0
 
 
@@ -119,6 +138,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
+        "estimate",
+        help="will it fit? memory per GPU of a recipe, by phase (exit 1 if it does not fit)",
+        description="Estimate what one GPU holds while the recipe trains (parameters, "
+        "gradients, AdamW state, activations, log-prob working memory, reference model, "
+        "vLLM) in each phase (load, engine build, rollout, update), from the model's real "
+        "config built on the meta device (nothing downloaded). Exit code 0 when the peak "
+        "fits --gpu-mem, 1 when it does not, 2 for a mistake in the arguments or recipe. "
+        "The data files need not exist yet.",
+    )
+    p.add_argument("recipe", help="path to a recipe YAML")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs the job runs on (default: the recipe's '# Hardware: Nx ...' line, else 1)",
+    )
+    p.add_argument(
+        "--gpu-mem",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory per GPU in GB (default: the recipe's Hardware line, else 80)",
+    )
+    p.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=None,
+        help="prompt length in tokens (default: max_model_len - max_new_tokens when "
+        "max_model_len is set, else 256 text tokens plus the image tokens)",
+    )
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser(
         "plot",
         help="write PNG curves (reward, accuracy, grad norm, ratio range, entropy, length)",
         description="Read RUN_DIR/metrics.jsonl and write PNG curves to RUN_DIR/plots/.",
@@ -145,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/paper_report", help="where TABLE.md and TABLE.png go")
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser(
+        "export",
+        help="a checkpoint as a stock Hugging Face model folder (weights, config, processor)",
+        description="Write CHECKPOINT's model to OUT as from_pretrained, mhpo-vl eval and "
+        "vLLM load it: safetensors weights, config.json, generation_config.json and the "
+        "processor or tokenizer files, no trainer state. A checkpoint trained with "
+        "parallel.strategy fsdp keeps its weights sharded; they are gathered here one "
+        "tensor at a time, on the CPU.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint-<step>/ folder")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.set_defaults(func=_cmd_export)
+
     from mhpo_vl.eval.cli import register as register_eval
 
     register_eval(sub)
@@ -170,5 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``mhpo-vl`` command and ``python -m mhpo_vl``: :func:`main`, then the exit.
+    A process of a torchrun / accelerate group ends through
+    :func:`mhpo_vl.parallel.exit_process` (see there why)."""
+    code = main()
+    from mhpo_vl.parallel import exit_process, in_process_group
+
+    if in_process_group():
+        exit_process(code)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

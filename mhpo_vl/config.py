@@ -178,6 +178,10 @@ class TrainerConfig:
     old_logprobs: str = "auto"
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
+    # when a checkpoint also holds Hugging Face format weights under parallel.strategy fsdp
+    # (whose checkpoints are sharded): "final" (the last step's) or "every" checkpoint;
+    # ddp checkpoints always do (that is the format they keep the weights in)
+    hf_weights: str = "final"
     log_samples: int = 4  # rollouts written to samples.jsonl per step
     resume: bool = True  # resume from the latest checkpoint in output_dir
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
@@ -288,6 +292,7 @@ CHECKS: dict[str, Check] = {
     "trainer.old_logprobs": OneOf(("auto", "recompute", "rollout")),
     "trainer.save_every": at_least(0),  # 0: only at the end
     "trainer.keep_last": COUNT,
+    "trainer.hf_weights": OneOf(("final", "every")),
     "trainer.log_samples": at_least(0),
     "trainer.num_threads": OPTIONAL_COUNT,
     "trainer.max_consecutive_skips": COUNT,

@@ -59,6 +59,7 @@ def train(cfg: Recipe) -> dict[str, float]:
 
 def train_step(run: Run, step: int) -> dict[str, float]:
     G = run.cfg.rollout.group_size
+    M.start_memory_peak(run.par.device)
     t0 = time.perf_counter()
     run.timings.update(generate=0.0, reward=0.0)
     run.reward_calls, run.reward_failures = 0, {}
@@ -76,6 +77,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     # every non-pad token this process rolled out and trained on, per second of the step
     metrics["perf/tokens_per_s"] = float(scored.batch.attention_mask.sum()) / (t2 - t0)
     metrics["lr"] = run.optimizer.param_groups[0]["lr"]
+    metrics.update(M.memory_peak(run.par.device))
     metrics.update(M.rollout_metrics(scored, adv.zero_var_frac))
     metrics.update(
         {

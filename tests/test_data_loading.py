@@ -66,6 +66,23 @@ def test_jsonl_with_relative_image_paths_drops_and_reports_bad_rows(jsonl_datase
     assert row["image"].size == (40, 30) and row["image"].getpixel((0, 0)) == (0, 255, 0)
 
 
+def test_rows_without_an_image_are_counted(tmp_path):
+    """``ProblemSet.text_only``: a vision model trained on them leaves its vision tower
+    without gradients (DDP must then look for unused parameters). In a dataset with an
+    image column a row without one is a bad row; without the column, every row counts."""
+    _png(tmp_path / "a.png")
+    rows = [
+        {"problem": "How many?", "answer": "3", "image": "a.png"},
+        {"problem": "2+2?", "answer": "4", "image": None},
+    ]
+    path = tmp_path / "mix.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mixed = load_problems(DatasetSpec(source=str(path)), "data.train")
+    assert len(mixed) == 1 and mixed.text_only == 0 and mixed.dropped == {"missing_image": ["1"]}
+    assert load_problems(DatasetSpec(source="synthetic_vision", size=20)).text_only == 0
+    assert load_problems(DatasetSpec(source="synthetic_text", size=20)).text_only == 20
+
+
 def test_explicit_column_mapping_and_bad_column_names(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"q": "1+1?", "sol": "2", "other": "x"}) + "\n")

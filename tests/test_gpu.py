@@ -76,6 +76,7 @@ def test_tiny_recipe_learns_on_cuda(tmp_path, dtype):
         "eval.every=0", "trainer.save_every=20",
     )  # fmt: skip
     records = _metrics(out)
+    assert all(r["perf/gpu_memory_gb_max"] > 0 for r in records[1:])  # the step's peak
     first, last = records[0]["eval/accuracy"], records[-1]["eval/accuracy"]
     assert last > first, (first, last)
     a, b = _weights(out / "checkpoint-20"), _weights(out / "checkpoint-40")

@@ -3,11 +3,23 @@
 The same recipe on 2 processes must give the same weights whether the model is
 replicated (DDP) or sharded (FSDP2), and an FSDP2 run stopped after a checkpoint must
 resume to exactly the weights of an uninterrupted one.
+
+**The collective rule.** Every FSDP torchrun here runs with
+``TORCH_DISTRIBUTED_DEBUG=DETAIL``: before each collective, torch checks that every
+process calls the same one, with tensors of the same shapes, dtypes and device types.
+A rank-dependent branch, which NCCL would answer with a hang, fails at once with both
+collectives named (``test_a_rank_dependent_collective_fails_fast``). FSDP is where the
+trainer keeps processes in step by hand; DDP runs go without it, since in torch 2.13
+DDP's constructor crashes (SIGSEGV, in its logger) under ``DETAIL``. Which device a collective's tensors
+are on (NCCL takes GPU tensors only) cannot differ on CPU processes; the strict-device
+tier checks placement, and :func:`mhpo_vl.parallel.backend_for` gives a CPU offloaded
+run the gloo half it needs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,13 +43,26 @@ SHORT = [
 ]  # fmt: skip
 
 
-def _torchrun(out: Path, *overrides: str, port: int, recipe: str = "recipes/tiny/mhpo.yaml"):
+# the collective rule (see the module docstring), on in every FSDP torchrun here
+CHECKED = {**os.environ, "TORCH_DISTRIBUTED_DEBUG": "DETAIL"}
+
+
+def _launch(
+    target: list[str], port: int, nproc: int = 2, timeout: float = 900, checked: bool = True
+) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", str(port), "-m", "mhpo_vl", "train", recipe,
-        f"trainer.output_dir={out}", *SHORT, *overrides,
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        "--master_port", str(port), *target,
     ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    env = CHECKED if checked else os.environ.copy()
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
+
+
+def _torchrun(
+    out: Path, *overrides: str, port: int, recipe: str = "recipes/tiny/mhpo.yaml", nproc: int = 2
+):
+    args = ["-m", "mhpo_vl", "train", recipe, f"trainer.output_dir={out}", *SHORT, *overrides]
+    res = _launch(args, port, nproc, checked="parallel.strategy=fsdp" in overrides)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -157,3 +182,141 @@ def test_fsdp2_dapo_mixed_precision_checkpointing_offload_frozen_vision(tmp_path
     vision = [k for k in after if k.startswith(("visual.", "model.visual."))]
     assert vision and all(torch.equal(after[k], before[k]) for k in vision)
     assert any(not torch.equal(after[k], before[k]) for k in after if k not in vision)
+
+
+@pytest.mark.slow
+def test_a_rank_dependent_collective_fails_fast(tmp_path):
+    """The collective rule at work: eval rows shared without padding (a bug put back)
+    make one process call ``generate`` once more than the other; under FSDP each call
+    gathers the weights. NCCL would hang; here the run stops, naming the mismatch."""
+    out = tmp_path / "bug"
+    args = [
+        "tests/run_with_bug.py", "eval_share_unpadded", "train", "recipes/tiny/mhpo.yaml",
+        f"trainer.output_dir={out}", *SHORT, "parallel.strategy=fsdp", "eval.batch_size=7",
+        "trainer.max_steps=1",
+    ]  # fmt: skip
+    res = _launch(args, port=29546, timeout=300)
+    assert res.returncode != 0
+    assert "mismatch" in res.stderr.lower(), res.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """A random Qwen2 of 142M parameters (570 MB in float32): large enough that holding
+    it whole or by halves shows in a process's memory. Small vocabulary, so that no
+    single tensor is a large part of it."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from mhpo_vl.embedded.tiny import ensure_embedded
+
+    path = tmp_path_factory.mktemp("big") / "qwen2"
+    config = Qwen2Config(
+        vocab_size=4096, hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
+        num_attention_heads=16, num_key_value_heads=4, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(ensure_embedded("tiny-text")).save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_two_process_checks(tmp_path, big_model):
+    """``tests/parallel_checks.py`` under torchrun: loading, gradient sync, generation
+    and set-up as the processes see them (one launch for all)."""
+    out = tmp_path / "checks.json"
+    # unchecked: its set-up check builds a DDP model (see the module docstring)
+    target = ["tests/parallel_checks.py", str(out), str(big_model)]
+    res = _launch(target, port=29547, checked=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+
+    # loading: each process holds its shards (and one tensor in transit), never the model
+    load = ranks[1]["load"]
+    assert load["local_bytes"] <= 0.55 * load["full_bytes"]
+    assert load["growth"] < 0.75 * load["full_bytes"], load
+
+    # micro_batch: a reduce-scatter after each backward, only gradient shards are kept;
+    # minibatch: whole gradients wait, inside FSDP, for the last micro-batch
+    for rank in ranks:
+        mb, whole = rank["grad_sync"]["micro_batch"], rank["grad_sync"]["minibatch"]
+        assert mb["with_grad"] == mb["parameters"]
+        assert mb["local_grad_elements"] <= 0.55 * mb["elements"]
+        assert whole["with_grad"] == 0
+
+    # generate under FSDP: every unit gathered once per call, however many tokens
+    for rank in ranks:
+        gen = rank["generate"]
+        assert gen["all_gathers"]["4"] == gen["all_gathers"]["12"] == gen["units"], gen
+
+    # set-up: per-rank sampling streams, equal weights, no second autocast from the
+    # environment, no search for unused parameters (every row has an image)
+    a, b = ranks[0]["setup"], ranks[1]["setup"]
+    assert a["same_weights"] and not a["same_draws"]
+    assert a["mixed_precision"] == "no" and a["wrapped"] == "DistributedDataParallel"
+    assert a["find_unused_parameters"] is False and b["find_unused_parameters"] is False
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_on_one_process_and_exports(tmp_path):
+    """An FSDP checkpoint written by 2 processes: resumed by 1 (resharded as it loads),
+    and exported as a stock Hugging Face model equal to what DDP trained."""
+    from mhpo_vl import checkpoint
+    from mhpo_vl.export import export_checkpoint
+
+    two, ddp = tmp_path / "two", tmp_path / "ddp"
+    steps = ["trainer.max_steps=2", "trainer.save_every=1", "eval.at_start=false"]
+    _torchrun(two, "parallel.strategy=fsdp", "parallel.grad_sync=minibatch", *steps, port=29548)
+    _torchrun(ddp, "parallel.strategy=ddp", *steps, port=29549)
+    ckpt = two / "checkpoint-1"
+    assert checkpoint.is_sharded(ckpt) and not list(ckpt.glob("model*.safetensors"))
+    assert sorted(p.name for p in (ckpt / "sharded").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]  # each process wrote its own shards
+    assert (two / "checkpoint-2" / "model.safetensors").exists()  # the final one: HF too
+
+    exported = export_checkpoint(ckpt, tmp_path / "export")
+    a, b = _weights(exported), _weights(ddp / "checkpoint-1")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(exported)
+    assert torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)
+
+    shutil.rmtree(two / "checkpoint-2")
+    res = _torchrun(two, "parallel.strategy=fsdp", *steps, "trainer.max_steps=3",
+                    port=29550, nproc=1)  # fmt: skip
+    assert "written by 2 process(es), this run has 1" in res.stderr
+    assert [r["step"] for r in _metrics(two)] == [1, 2, 3]
+
+
+def test_the_process_group_backend_follows_the_device_and_offload():
+    from mhpo_vl.parallel import backend_for, resolve_grad_sync
+
+    assert backend_for("cuda", cpu_offload=False) == "nccl"
+    # offloaded gradients are CPU tensors some collectives reduce: NCCL alone cannot
+    assert backend_for("cuda", cpu_offload=True) == "cuda:nccl,cpu:gloo"
+    assert backend_for("cpu", cpu_offload=True) == "gloo"
+    assert resolve_grad_sync("auto", "fsdp") == "micro_batch"
+    assert resolve_grad_sync("auto", "ddp") == "minibatch"
+    assert resolve_grad_sync("minibatch", "fsdp") == "minibatch"
+
+
+def test_ddp_searches_for_unused_parameters_only_when_some_can_be():
+    """A trainable vision tower and training rows without an image: a batch of those
+    leaves the tower without gradients. Anything else: no search (a traversal a step)."""
+    from types import SimpleNamespace
+
+    from mhpo_vl.models import load_policy
+    from mhpo_vl.training.state import may_leave_parameters_unused
+
+    vl, text = load_policy("embedded:tiny-vl"), load_policy("embedded:tiny-text")
+    some_text, all_images = SimpleNamespace(text_only=3), SimpleNamespace(text_only=0)
+    assert may_leave_parameters_unused(vl, some_text)
+    assert not may_leave_parameters_unused(vl, all_images)
+    assert not may_leave_parameters_unused(text, some_text)
+    frozen = load_policy("embedded:tiny-vl", freeze_vision=True)
+    assert not may_leave_parameters_unused(frozen, some_text)

@@ -94,3 +94,12 @@ def test_accuracy_panel_takes_every_eval_breakdown_and_nothing_else():
 def test_plot_on_a_folder_without_metrics_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no metrics.jsonl"):
         plot_run(tmp_path)
+
+
+def test_tests_outside_the_gpu_tier_run_on_the_cpu():
+    """conftest pins them: on a GPU machine CUDA is hidden from this process's code and
+    from the processes a test starts (the torchrun and CLI tests)."""
+    import os
+
+    assert not torch.cuda.is_available()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""

@@ -86,15 +86,41 @@ def _model_type(path: str, trust_remote_code: bool) -> str:
     return model_type
 
 
-def _load_model(path: str, model_type: str, dtype: torch.dtype, trust_remote_code: bool) -> Any:
+def _model_class(model_type: str) -> Any:
     import transformers as tf
 
-    cls = {
+    return {
         "qwen2_vl": tf.Qwen2VLForConditionalGeneration,
         "qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration,
         "qwen3_vl": tf.Qwen3VLForConditionalGeneration,
     }.get(model_type, tf.AutoModelForCausalLM)
+
+
+def _load_model(path: str, model_type: str, dtype: torch.dtype, trust_remote_code: bool) -> Any:
+    cls = _model_class(model_type)
     return cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def _empty_model(path: str, model_type: str, dtype: torch.dtype, trust_remote_code: bool) -> Any:
+    """The model built from its config with every parameter on the meta device (no
+    memory, no weights read) and its buffers real: rotary frequencies are computed in
+    the constructor and are not in the checkpoint, so they must be right already."""
+    import transformers as tf
+    from accelerate import init_empty_weights
+
+    config = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    cls = _model_class(model_type)
+    with init_empty_weights(include_buffers=False):
+        if cls is tf.AutoModelForCausalLM:
+            model = cls.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+        else:
+            model = cls._from_config(config, dtype=dtype)
+    model.tie_weights()  # not done on meta parameters: the LM head would train apart
+    try:  # stop ids come from it (rollout.hf.stop_token_ids), as from_pretrained reads it
+        model.generation_config = tf.GenerationConfig.from_pretrained(path)
+    except OSError:
+        pass  # no generation_config.json: the one derived from the config stays
+    return model
 
 
 MODEL_SOURCES: dict[str, str] = {EMBEDDED_PREFIX: "mhpo_vl.embedded:resolve"}
@@ -129,7 +155,11 @@ def load_policy(
     it is ``dtype="bfloat16", master_dtype="float32"``: float32 weights (and so float32
     optimizer state), bfloat16 matmuls. ``freeze_vision`` stops gradients into the
     vision tower (patch embed, blocks, merger). Tokenizers are left-padded (prompts
-    are left-padded for generation)."""
+    are left-padded for generation).
+
+    ``device="meta"`` builds the model without its weights (parameters on the meta
+    device, see :func:`_empty_model`), for a sharded load: each process materializes
+    only its shards (:mod:`mhpo_vl.parallel.fsdp`)."""
     master_dtype = master_dtype or dtype
     for key, name in (("dtype", dtype), ("master_dtype", master_dtype)):
         if name not in DTYPES:
@@ -140,7 +170,9 @@ def load_policy(
         )
     local = _resolve(path)
     model_type = _model_type(local, trust_remote_code)
-    model = _load_model(local, model_type, DTYPES[master_dtype], trust_remote_code)
+    empty = device is not None and torch.device(device).type == "meta"
+    build = _empty_model if empty else _load_model
+    model = build(local, model_type, DTYPES[master_dtype], trust_remote_code)
     is_vision = model_type in VL_MODEL_TYPES
     if is_vision:
         processor = load_vl_processor(local, model_type, trust_remote_code=trust_remote_code)
@@ -163,7 +195,7 @@ def load_policy(
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if device is not None:
+    if device is not None and not empty:
         model.to(device)
     return Policy(
         model=model,
@@ -181,3 +213,18 @@ def vision_tower(model: Any) -> torch.nn.Module:
     if tower is None:
         raise AssertionError(f"no vision tower found on {type(model).__name__}")
     return tower
+
+
+def weight_names(model: Any) -> Any:
+    """What ``from_pretrained`` recorded of the checkpoint's own weight names: the
+    renamings it applied on load (older Qwen-VL checkpoints say ``visual.*`` and
+    ``model.layers.*``), which ``save_pretrained`` undoes so that a saved model keeps
+    the names it came with. None for a model built from its config."""
+    return getattr(model, "_weight_conversions", None)
+
+
+def keep_weight_names(model: Any, record: Any) -> None:
+    """Give ``model`` (built from its config) the :func:`weight_names` record of the
+    checkpoint its weights came from, so that it saves them under the same names."""
+    if record is not None and weight_names(model) is None:
+        model._weight_conversions = record

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
+from mhpo_vl import checkpoint
 from mhpo_vl.registry import Registry
 
 STRATEGIES: Registry[Any] = Registry("parallel strategy")
@@ -92,6 +94,18 @@ class Parallel:
 
     # -------------------------------------------------------------- the strategy
 
+    def load(self, load: Callable[[Any], Any], weights: bool = True) -> Any:
+        """A :class:`~mhpo_vl.models.Policy` loaded the way this strategy holds it;
+        ``load(device)`` loads it onto ``device`` (``"meta"``: without weights).
+        ``weights=False``: the weights come from a checkpoint next (:meth:`load_state`).
+        Every process calls it."""
+        if weights:
+            return load(self.device)
+        policy = load("meta")
+        allocate_empty(policy.model, self.device)
+        policy.device = self.device
+        return policy
+
     def prepare(
         self,
         model: torch.nn.Module,
@@ -133,18 +147,64 @@ class Parallel:
         """Names of this process's parameters (or shards) holding NaN or inf."""
         return [n for n, p in model.named_parameters() if not torch.isfinite(_local(p)).all()]
 
-    def model_state(self, model: Any) -> dict[str, torch.Tensor] | None:
-        """Full (unsharded) weights for an HF-format save on the main process, or None
-        to let ``save_pretrained`` read the model itself. A collective: every process
-        calls it."""
-        return None
+    def save_state(
+        self, model: Any, optimizer: Any, folder: Path, hf_weights: bool = True
+    ) -> dict[str, Any] | None:
+        """Write this process's part of a checkpoint's model and optimizer into
+        ``folder`` (a collective: every process calls it); the optimizer state for the
+        main process to put in the trainer state, or None when it is written here.
+        ``hf_weights``: also write the weights in Hugging Face format (what ``mhpo-vl
+        eval``, vLLM and ``from_pretrained`` load) where that is not the format anyway."""
+        raise NotImplementedError
 
-    def optimizer_state(self, model: Any, optimizer: Any) -> dict[str, Any]:
-        """The optimizer's state as the main process saves it. A collective."""
-        return optimizer.state_dict()
+    def load_state(
+        self, model: Any, optimizer: Any, ckpt: Path, saved_optimizer: dict[str, Any] | None
+    ) -> None:
+        """Resume ``model`` and ``optimizer`` from ``ckpt``: from its sharded state when it
+        has one (any strategy, any number of processes: it is resharded as it loads),
+        else the optimizer from ``saved_optimizer`` (the weights were loaded with the
+        model). A collective."""
+        if checkpoint.is_sharded(ckpt):
+            load_sharded(model, optimizer, ckpt / checkpoint.SHARDED_DIR)
+        else:
+            self.load_optimizer_state(model, optimizer, saved_optimizer)
 
     def load_optimizer_state(self, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
         optimizer.load_state_dict(state)
+
+
+def load_sharded(model: Any, optimizer: Any, path: Path) -> None:
+    """Model and optimizer state from a ``torch.distributed.checkpoint`` folder written
+    by :func:`save_sharded`, resharded to this run's layout as it loads."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+    )
+
+
+def save_sharded(model: Any, optimizer: Any, path: Path) -> None:
+    """Model and optimizer state as a ``torch.distributed.checkpoint`` folder: each
+    process writes its own shards (nothing is gathered), a ``.metadata`` file maps them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(path))
+
+
+def allocate_empty(model: torch.nn.Module, device: Any) -> None:
+    """Real (uninitialized) memory on ``device`` for parameters built on the meta
+    device; the buffers, computed when the model was built, are kept."""
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, value in buffers.items():
+            model.get_buffer(name).copy_(value)
 
 
 def backend_for(device_type: str, cpu_offload: bool) -> str:
@@ -168,7 +228,51 @@ def init_process_group(cfg: Any) -> None:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend_for(device_type, cfg.cpu_offload))
+    join_group(backend=backend_for(device_type, cfg.cpu_offload))
+
+
+def join_group(**kwargs: Any) -> None:
+    """``init_process_group(**kwargs)``; the group is left before the interpreter ends
+    (``atexit``; :func:`exit_process` for a clean end)."""
+    import atexit
+
+    torch.distributed.init_process_group(**kwargs)
+    atexit.register(_leave_group)
+
+
+def _leave_group() -> None:
+    dist = torch.distributed
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def in_process_group() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process of a group with ``code``, skipping the interpreter's final clean-up.
+
+    Gloo's worker threads destroy each collective's work object after the collective
+    completes, and a work object holds tensors that Python owns: destroying them takes
+    the GIL. If that happens while the interpreter is finalizing (the last collective
+    just done, the process exiting), the thread is stopped inside C++ and the process
+    aborts (``terminate called without an active exception``, SIGABRT): a finished run
+    reported as a crash, on a loaded machine about one exit in thirty (a known PyTorch
+    issue). Here everything that matters is done first (the group left, ``atexit``
+    handlers run, logs and streams flushed), then the process ends at once."""
+    import atexit
+    import logging
+    import os
+    import sys
+
+    _leave_group()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def resolve_grad_sync(setting: str, strategy: str) -> str:
@@ -195,4 +299,12 @@ def build_parallel(cfg: Any) -> Parallel:
     return STRATEGIES.get(cfg.strategy)(cfg)
 
 
-__all__ = ["STRATEGIES", "Parallel", "backend_for", "build_parallel", "trainable"]
+__all__ = [
+    "STRATEGIES",
+    "Parallel",
+    "backend_for",
+    "build_parallel",
+    "exit_process",
+    "in_process_group",
+    "trainable",
+]

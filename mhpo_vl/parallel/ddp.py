@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +41,16 @@ class DDP(Parallel):
 
     def accumulate(self, model: Any, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if self.syncs(last) else self.accelerator.no_sync(model)
+
+    def save_state(
+        self, model: Any, optimizer: Any, folder: Path, hf_weights: bool = True
+    ) -> dict[str, Any] | None:
+        """The main process writes the weights in Hugging Face format (every process has
+        them all) and returns the optimizer's state (the same on every process)."""
+        if not self.is_main:
+            return None
+        self.unwrap(model).save_pretrained(folder, safe_serialization=True)
+        return optimizer.state_dict()
 
     def clip_grad_norm(self, model: Any, max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(list(trainable(model)), max_norm))

@@ -100,8 +100,9 @@ def collect(run: Run) -> tuple[ScoredBatch, dict[str, float]]:
     """Roll out this step's prompts; with dynamic sampling, keep only groups whose
     rewards differ, sampling more prompts (bounded tries) until P groups are kept.
 
-    Under a lockstep strategy (FSDP: every forward is a collective) a process that has
-    its groups keeps sampling, and discarding, until every process has theirs."""
+    When processes must generate in step (:attr:`~mhpo_vl.training.state.Run.
+    generate_in_step`) a process that has its groups keeps sampling, and discarding,
+    until every process has theirs."""
     cfg = run.cfg
     P, G = cfg.trainer.prompts_per_step, cfg.rollout.group_size
     ds = cfg.algorithm.dynamic_sampling
@@ -124,7 +125,7 @@ def collect(run: Run) -> tuple[ScoredBatch, dict[str, float]]:
             kept += len(keep)
         stats["dynamic_sampling/tries"] = float(attempt + 1)
         done = kept >= P_local
-        if run.par.lockstep:
+        if run.generate_in_step:
             done = run.par.sum(float(not done)) == 0
         if done:
             break

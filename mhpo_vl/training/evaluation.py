@@ -79,7 +79,7 @@ def evaluate(run: Run) -> dict[str, float]:
     run.engine.wake()
     with rng.fork(par.device):  # the device's generator too: sampling draws from it
         for prefix, bench, all_rows in run.suites:
-            rows, counted = share(all_rows, par.rank, par.world, par.lockstep)
+            rows, counted = share(all_rows, par.rank, par.world, run.generate_in_step)
             result = run_benchmark(
                 generate, bench, rows, 1, system=cfg.data.system_prompt, batch_size=e.batch_size
             )

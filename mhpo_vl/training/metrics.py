@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 from mhpo_vl.errors import RunHalted
 from mhpo_vl.rewards import reward_stats
 
@@ -55,6 +57,21 @@ _FUNCS: dict[str, Callable[[list[float]], float]] = {
     "sum": sum,
     "mean": _mean,
 }
+
+
+def start_memory_peak(device: torch.device) -> None:
+    """Start measuring this step's peak accelerator memory (see :func:`memory_peak`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_peak(device: torch.device) -> dict[str, float]:
+    """``perf/gpu_memory_gb_max``: the most memory torch's allocator held at once on the
+    accelerator since :func:`start_memory_peak`, in GiB (the max over processes; what
+    ``mhpo-vl estimate`` predicts). Nothing on the CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"perf/gpu_memory_gb_max": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
 def rule(name: str) -> Reduction:

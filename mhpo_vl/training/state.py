@@ -16,7 +16,7 @@ from mhpo_vl.config import Recipe, dump_recipe
 from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
 from mhpo_vl.errors import RunHalted, UserError
 from mhpo_vl.models import Policy, load_policy
-from mhpo_vl.models.policy import vision_tower
+from mhpo_vl.models.policy import keep_weight_names, vision_tower, weight_names
 from mhpo_vl.parallel import Parallel, build_parallel
 from mhpo_vl.rollout import RolloutEngine, build_engine
 from mhpo_vl.tracking import RunLogger
@@ -50,6 +50,13 @@ class Run:
     # this step's reward calls and failures: name -> [count, first failure's description]
     reward_calls: int = 0
     reward_failures: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def generate_in_step(self) -> bool:
+        """Whether every process must call ``engine.generate`` equally often: under FSDP
+        each call gathers the weights collectively, and vLLM engines of one
+        tensor-parallel group run each other's prompts (``engine.lockstep``)."""
+        return self.par.lockstep or getattr(self.engine, "lockstep", False)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Recipe) -> Any:
@@ -119,11 +126,15 @@ def setup(cfg: Recipe) -> Run:
     # differ); the weights do not depend on it (loaded, or broadcast from rank 0).
     torch.manual_seed(cfg.seed + par.rank)
     m = cfg.model
-    policy = _load_policy(str(ckpt) if ckpt else m.path, cfg, par.device, m.master_dtype)
+    source = str(ckpt) if ckpt else m.path
+    # a sharded checkpoint's weights are loaded with its optimizer state (_restore)
+    sharded = ckpt is not None and checkpoint.is_sharded(ckpt)
+    policy = par.load(lambda dev: _load_policy(source, cfg, dev, m.master_dtype), not sharded)
     # The reference is the starting policy; it is not loaded at all when unused. Frozen,
     # it needs no master weights: its parameters are in the compute dtype.
-    ref = _load_policy(m.path, cfg, par.device, m.dtype) if cfg.algorithm.kl_coef > 0 else None
-    if ref is not None:
+    ref = None
+    if cfg.algorithm.kl_coef > 0:
+        ref = par.load(lambda dev: _load_policy(m.path, cfg, dev, m.dtype))
         ref.model.requires_grad_(False).eval()
     train_set = load_problems(cfg.data.train, "data.train", **cfg.data.limits())
     eval_set = None
@@ -174,7 +185,8 @@ def setup(cfg: Recipe) -> Run:
 
 def _restore(run: Run, ckpt: Path) -> None:
     state = checkpoint.load_state(ckpt)
-    run.par.load_optimizer_state(run.model, run.optimizer, state["optimizer"])
+    run.par.load_state(run.model, run.optimizer, ckpt, state.get("optimizer"))
+    keep_weight_names(run.par.unwrap(run.model), state.get("weight_names"))
     run.scheduler.load_state_dict(state["scheduler"])
     run.sampler.load_state_dict(state["data_order"])
     saved = state["rng"]
@@ -196,28 +208,34 @@ def _restore(run: Run, ckpt: Path) -> None:
 
 
 def save(run: Run, step: int) -> None:
-    """Write ``checkpoint-<step>`` (every process takes part; the main one writes)."""
-    par = run.par
+    """Write ``checkpoint-<step>``: every process writes its part of the model and
+    optimizer (the strategy says which), the main one the rest of the trainer state."""
+    par, t = run.par, run.cfg.trainer
     rng_states = par.gather(rng.state(par.device))
     require_finite_weights(run, step)
-    weights = par.model_state(run.model)
-    optimizer = par.optimizer_state(run.model, run.optimizer)
+    state = {
+        "step": step,
+        "scheduler": run.scheduler.state_dict(),
+        "data_order": run.sampler.state_dict(),
+        "rng": rng_states,
+        "scaler": run.scaler.state_dict(),
+        "skips": dict(run.skips),
+        # the checkpoint names the weights were loaded under, for HF exports after resume
+        "weight_names": weight_names(par.unwrap(run.model)),
+    }
+    hf_weights = step == t.max_steps or t.hf_weights == "every"
+
+    def write(folder: Path) -> None:
+        optimizer = par.save_state(run.model, run.optimizer, folder, hf_weights)
+        if par.is_main:
+            if optimizer is not None:
+                state["optimizer"] = optimizer
+            run.policy.processor.save_pretrained(folder)
+            checkpoint.save_state(state, folder / checkpoint.STATE_FILE)
+
+    path = checkpoint.write_checkpoint(t.output_dir, step, write, t.keep_last, group=par)
     if par.is_main:
-        state = {
-            "step": step,
-            "optimizer": optimizer,
-            "scheduler": run.scheduler.state_dict(),
-            "data_order": run.sampler.state_dict(),
-            "rng": rng_states,
-            "scaler": run.scaler.state_dict(),
-            "skips": dict(run.skips),
-        }
-        path = checkpoint.save_checkpoint(
-            run.cfg.trainer.output_dir, step, par.unwrap(run.model), run.policy.processor,
-            state, run.cfg.trainer.keep_last, state_dict=weights,
-        )  # fmt: skip
         log.info("saved %s", path)
-    par.barrier()
 
 
 def require_finite_weights(run: Run, step: int) -> None:
