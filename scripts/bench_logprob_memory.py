@@ -127,7 +127,7 @@ class _QuietStderr:
         os.close(self._saved)
 
 
-def _allocator_peak(fn: Callable[[], object]) -> int:
+def allocator_peak(fn: Callable[[], object]) -> int:
     """Peak bytes allocated (net of frees) by PyTorch's CPU allocator while ``fn`` runs,
     from the profiler's memory events in the order they happened."""
     from torch.profiler import ProfilerActivity, profile
@@ -165,7 +165,7 @@ def measure_peak(
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
     else:
-        peak = _allocator_peak(lambda: fn(logits, targets))
+        peak = allocator_peak(lambda: fn(logits, targets))
     size = logits.numel() * logits.element_size()
     return {"peak": float(peak), "input": float(size), "grad": float(size)}
 

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,9 @@ from mhpo_vl.config import (  # noqa: E402
 from mhpo_vl.estimate import GB, describe_model, estimate  # noqa: E402
 from mhpo_vl.models import token_logprobs  # noqa: E402
 from mhpo_vl.training.update import micro_chunks  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_logprob_memory import allocator_peak  # noqa: E402  (the same measurement)
 
 MB = 1 << 20
 
@@ -181,41 +183,6 @@ def _resident(model: torch.nn.Module, optimizer: Any, batch: RolloutBatch) -> in
     tensors += [batch.input_ids, batch.attention_mask, batch.response_mask]
     tensors += [batch.sample_logprobs] if batch.sample_logprobs is not None else []
     return _storage_bytes(tensors)
-
-
-class _QuietStderr:
-    """Silence file descriptor 2 (the profiler backend prints start/stop lines there)."""
-
-    def __enter__(self) -> None:
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-
-
-def allocator_peak(fn: Any) -> int:
-    """Peak bytes allocated, net of frees, by PyTorch's CPU allocator while ``fn`` runs."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with _QuietStderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [
-        e
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
-    ]
-    events.sort(key=lambda e: e.start_ns())
-    current = peak = 0
-    for e in events:
-        current += e.nbytes()
-        peak = max(peak, current)
-    return peak
 
 
 def measure(s: Setting) -> int:
