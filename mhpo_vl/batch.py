@@ -144,6 +144,37 @@ class RolloutBatch:
         patch_idx = torch.cat([torch.arange(px.start, px.stop) for _, px in rows])
         return image_idx, patch_idx
 
+    def trimmed(self) -> RolloutBatch:
+        """The same rows without the columns that are padding in every row: the
+        prompt's leading ones and the completions' trailing ones (the width a micro-batch
+        of short completions would otherwise carry from the step's longest). Positions
+        follow the attention mask, so every real token keeps its position; the
+        completion keeps its first ``T'`` columns (``response_mask.shape[1]``)."""
+        P = self.prompt_len
+        real = self.attention_mask[:, :P].bool().any(0)
+        left = int(real.float().argmax()) if bool(real.any()) else 0
+        T = max(1, int(self.response_mask.sum(-1).max()))
+        if left == 0 and T == self.response_mask.shape[1]:
+            return self
+        cols = slice(left, P + T)
+        extra = {
+            k: v[:, cols] if k in PER_TOKEN_KEYS and isinstance(v, Tensor) else v
+            for k, v in self.extra.items()
+        }
+        return RolloutBatch(
+            input_ids=self.input_ids[:, cols],
+            attention_mask=self.attention_mask[:, cols],
+            response_mask=self.response_mask[:, :T],
+            extra=extra,
+            completions=list(self.completions),
+            sample_logprobs=None if self.sample_logprobs is None else self.sample_logprobs[:, :T],
+            images_per_row=self.images_per_row,
+        )
+
+    def token_counts(self) -> Tensor:
+        """[B] real tokens per row, prompt and completion (what a forward must process)."""
+        return self.attention_mask[:, : self.prompt_len].sum(-1) + self.response_lengths
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         def move(x: Any) -> Any:
             return x.to(device) if isinstance(x, Tensor) else x

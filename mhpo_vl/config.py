@@ -168,8 +168,13 @@ class TrainerConfig:
     minibatches: int = 1  # optimizer updates per epoch over the step's rollouts
     update_epochs: int = 1
     micro_batch_size: int | None = None  # sequences per forward (gradient accumulation)
-    # forward each group's prompt (and image) once, its G completions packed behind it:
-    # the same log-probs and gradients, less compute (off: one full row per completion)
+    # tokens per forward (prompt + completion, a shared prompt once), whole prompt groups
+    # where they fit: micro-batches sized by what they hold, not by their row count
+    micro_batch_tokens: int | None = None
+    # forward each group's prompt (and image) once, its G completions packed behind it,
+    # and each micro-batch without the columns that are padding in all its rows: the same
+    # log-probs and gradients, less compute (off: the plain forward, one row per
+    # completion, padded to the step's longest)
     shared_prefix: bool = True
     # where the PPO ratio's old log-probs come from when several updates reuse a step's
     # rollouts: "auto" (the engine's sampling log-probs where the engine declares them
@@ -289,6 +294,7 @@ CHECKS: dict[str, Check] = {
     "trainer.minibatches": COUNT,
     "trainer.update_epochs": COUNT,
     "trainer.micro_batch_size": OPTIONAL_COUNT,
+    "trainer.micro_batch_tokens": OPTIONAL_COUNT,
     "trainer.old_logprobs": OneOf(("auto", "recompute", "rollout")),
     "trainer.save_every": at_least(0),  # 0: only at the end
     "trainer.keep_last": COUNT,

@@ -699,6 +699,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
     for key in ("peak_rss_mb", "setup_rss_mb", "cuda_peak_mb"):
         values = [r[key] for r in runs if key in r]
         out[key] = statistics.median(values) if values else float("nan")
+    # what training adds to the process after set-up (the libraries, model, optimizer and
+    # data both frameworks hold before the first step are the same ~0.5 GB on CPU)
+    added = [r["peak_rss_mb"] - r["setup_rss_mb"] for r in runs if "setup_rss_mb" in r]
+    out["added_rss_mb"] = statistics.median(added) if added else float("nan")
     out["n_steps"] = len(steps)
     return out
 
@@ -719,14 +723,14 @@ def print_table(args: argparse.Namespace, results: dict[str, list], model: str, 
         f"{args.steps} timed step(s) each; medians over {s['ours']['n_steps']} / "
         f"{s['trl']['n_steps']} timed steps; memory: median over rounds"
     )
-    cols = [f"{p} s" for p in PHASES] + ["peak RSS", "setup RSS"]
+    cols = [f"{p} s" for p in PHASES] + ["peak RSS", "setup RSS", "added RSS"]
     cols += ["CUDA peak"] if cuda else []
     cols += ["compl len", "reward"]
     print(f"{'':<12}" + "".join(f"{c:>11}" for c in cols))
     for fw, label in (("ours", "ours"), ("trl", "TRL")):
         r = s[fw]
         cells = [f"{r[p]:.3f}" for p in PHASES]
-        cells += [f"{r['peak_rss_mb']:.0f} MB", f"{r['setup_rss_mb']:.0f} MB"]
+        cells += [f"{r[k]:.0f} MB" for k in ("peak_rss_mb", "setup_rss_mb", "added_rss_mb")]
         cells += [f"{r['cuda_peak_mb']:.0f} MB"] if cuda else []
         cells += [f"{r['completion_len']:.1f}", f"{r['reward_mean']:.3f}"]
         print(f"{label:<12}" + "".join(f"{c:>11}" for c in cells))
@@ -735,12 +739,14 @@ def print_table(args: argparse.Namespace, results: dict[str, list], model: str, 
         a, b = s["ours"][key], s["trl"][key]
         return f"{a / b:.2f}x" if b and b == b and a == a else "-"
 
-    cells = [ratio(p) for p in PHASES] + [ratio("peak_rss_mb"), ratio("setup_rss_mb")]
+    cells = [ratio(p) for p in PHASES]
+    cells += [ratio(k) for k in ("peak_rss_mb", "setup_rss_mb", "added_rss_mb")]
     cells += [ratio("cuda_peak_mb")] if cuda else []
     print(f"{'ours / TRL':<12}" + "".join(f"{c:>11}" for c in cells))
     print(
         f"step time ours / TRL: {ratio('step')}; peak memory ours / TRL: {ratio('peak_rss_mb')}"
         + (f" (RSS), {ratio('cuda_peak_mb')} (CUDA)" if cuda else " (RSS)")
+        + f"; memory added by training after set-up: {ratio('added_rss_mb')}"
     )
     print(
         "phases: generate = prompt encoding + generate (+ decoding for TRL); update = loss "

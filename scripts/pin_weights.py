@@ -1,10 +1,12 @@
 """Pin the trainer's behaviour: weight digests of tiny recipes after a few steps.
 
 Before moving code, record the digests (``--write``); after, check them (the default).
-A refactor that keeps behaviour leaves every parameter bit-identical. The cases run with
-``trainer.shared_prefix=false``: the shared-prefix forward (on by default since) gives
-the same values up to float rounding and keeps prompt groups together in minibatches,
-so it is exact in math but not bit for bit. Digests depend on
+A refactor that keeps behaviour leaves every parameter bit-identical. The cases run the
+plain paths the digests were first recorded with: ``trainer.shared_prefix=false`` (the
+shared-prefix forward, on by default since, gives the same values up to float rounding
+and keeps prompt groups together in minibatches: exact in math, not bit for bit) and
+the hf engine's ``prefill_once=false`` (prefilling each prompt once per group computes
+the first step's logits by another forward: the same up to about 1e-6). Digests depend on
 the CPU kernels, so the file records the torch version and CPU capability they were
 made with, and a check on another setting says so instead of failing.
 
@@ -67,7 +69,8 @@ def run_case(recipe: str, extra: list[str], workdir: Path) -> dict[str, str]:
         sys.executable, "-m", "mhpo_vl", "train", str(ROOT / recipe),
         f"trainer.max_steps={STEPS}", f"trainer.output_dir={out}", "trainer.save_every=0",
         "eval.at_start=false", "eval.every=0", "eval.size=8", "trainer.progress_bar=false",
-        "trainer.tensorboard=false", "trainer.shared_prefix=false", *extra,
+        "trainer.tensorboard=false", "trainer.shared_prefix=false",
+        "rollout.engine_args.prefill_once=false", *extra,
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
     return digest(out / f"checkpoint-{STEPS}")

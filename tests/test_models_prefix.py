@@ -12,7 +12,12 @@ from mhpo_vl.batch import SamplingParams
 from mhpo_vl.embedded.tiny import build_embedded, parse_embedded, task_rows
 from mhpo_vl.models import load_policy
 from mhpo_vl.models.logprobs import completion_logits, logprobs_from_logits
-from mhpo_vl.models.prefix import _packed_mask, prompt_groups, shared_prefix_logits
+from mhpo_vl.models.prefix import (
+    PrefixLayout,
+    grouped_attention,
+    prompt_groups,
+    shared_prefix_logits,
+)
 from mhpo_vl.rollout import HFEngine, build_prompts
 
 SMALL = "sft_steps=0&bpe_rows=200&sft_rows=200&sft_val_rows=0"
@@ -107,6 +112,30 @@ def test_gradients_equal_the_naive_forward(case):
         torch.testing.assert_close(shared[name], naive[name], rtol=0, atol=1e-10, msg=name)
 
 
+def test_gradients_with_activation_checkpointing(case):
+    """Checkpointed layers are recomputed in the backward: the recompute must take the
+    grouped attention again (it depends on the forward's arguments, not on a setting
+    that could have changed since). Checkpointing itself moves float64 gradients by
+    about 1e-7 relative (transformers' input-gradient hook changes summation order), so
+    the check is to 1e-5 relative; a recompute through the packed sequence's plain
+    attention would be off by the order of the gradients themselves."""
+    policy, batch = case
+    model = policy.model
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    _norms_in_float64(model)  # enabling checkpointing puts the float32 norms back
+    model.train()
+    try:
+        naive = _grads(model, batch)
+        shared = _grads(model, batch, prompt_groups(batch))
+    finally:
+        model.activation_checkpointing_disable()
+        _norms_in_float64(model)
+        model.eval()
+    for name in naive:
+        scale = float(naive[name].abs().max())
+        torch.testing.assert_close(shared[name], naive[name], rtol=0, atol=1e-5 * scale, msg=name)
+
+
 def test_ragged_groups_and_micro_batches(case):
     """Whole groups of different sizes (what dynamic sampling keeps), in another order,
     and a micro-batch holding part of the rows: still the naive values."""
@@ -121,21 +150,64 @@ def test_ragged_groups_and_micro_batches(case):
     torch.testing.assert_close(shared[mask], naive[mask], rtol=0, atol=1e-10)
 
 
-def test_packed_mask_by_hand():
-    """P = 2 (first token padding), G = 2, T = 2, second completion ends after 1 token."""
-    m = _packed_mask(torch.tensor([[0, 1]]), torch.tensor([[[1, 1], [1, 0]]]), 2, 2)[0, 0]
-    expected = torch.tensor(
-        [  # keys: pad, p, c1a, c1b, c2a, c2b(pad)
-            [1, 0, 0, 0, 0, 0],  # pad query: itself only
-            [0, 1, 0, 0, 0, 0],
-            [0, 1, 1, 0, 0, 0],
-            [0, 1, 1, 1, 0, 0],
-            [0, 1, 0, 0, 1, 0],  # completion 2 does not see completion 1
-            [0, 1, 0, 0, 1, 1],
-        ],
-        dtype=torch.bool,
-    )
-    assert torch.equal(m, expected)
+def _attention_by_hand(q, k, v, allowed, scale):
+    """softmax(q k^T * scale) v over the allowed keys, query by query."""
+    out = torch.zeros_like(q)
+    for i in range(q.shape[1]):
+        keys = allowed[i].nonzero().flatten()
+        if len(keys):
+            w = torch.softmax((k[:, keys] @ q[:, i, :, None]).squeeze(-1) * scale, dim=-1)
+            out[:, i] = (w[..., None] * v[:, keys]).sum(1)
+    return out
+
+
+def test_grouped_attention_by_hand():
+    """Two packed rows: P = 3 with one and zero padding tokens, G = 2 completions of
+    T = 2; 4 query heads over 2 key-value heads. Each real query attends exactly: the
+    prompt causally; a completion the real prompt and its own earlier tokens."""
+    torch.manual_seed(0)
+    N, H, Hkv, D, P, G, T = 2, 4, 2, 5, 3, 2, 2
+    L = P + G * T
+    q = torch.randn(N, H, L, D, dtype=torch.float64)
+    k, v = (torch.randn(N, Hkv, L, D, dtype=torch.float64) for _ in range(2))
+    layout = PrefixLayout(starts=(1, 0), prompt_len=P, groups=G, completion_len=T)
+    module = type("Attention", (), {"num_key_value_groups": H // Hkv})()
+    out, _ = grouped_attention(module, q, k, v, None, scaling=0.3, prefix_layout=layout)
+    assert out.shape == (N, L, H, D)
+    segment = [0] * P + [1] * T + [2] * T  # 0: prompt, g: completion g
+    for n, start in enumerate(layout.starts):
+        allowed = torch.zeros(L, L, dtype=torch.bool)
+        for i in range(start, L):
+            for j in range(start, i + 1):
+                allowed[i, j] = segment[j] == 0 or segment[j] == segment[i]
+        kk, vv = k[n].repeat_interleave(H // Hkv, 0), v[n].repeat_interleave(H // Hkv, 0)
+        expected = _attention_by_hand(q[n], kk, vv, allowed, 0.3).transpose(0, 1)
+        torch.testing.assert_close(out[n], expected, rtol=0, atol=1e-12)
+    assert torch.equal(out[0, 0], torch.zeros(H, D))  # the padding position
+
+
+def test_no_attention_over_the_packed_length_squared(case):
+    """No tensor of the forward is L x L (L = the packed length, 92 to 104 tokens
+    here): no tensor created has two dimensions of length L, as the old dense mask
+    [N, 1, L, L] had."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    policy, batch = case
+    groups = prompt_groups(batch)
+    L = batch.prompt_len + max(map(len, groups)) * batch.response_mask.shape[1]
+    shapes = []
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    shapes.append(tuple(t.shape))
+            return out
+
+    with torch.no_grad(), Shapes():
+        shared_prefix_logits(policy.model, batch, groups)
+    assert shapes and all(s.count(L) <= 1 for s in shapes), [s for s in shapes if s.count(L) > 1]
 
 
 def test_micro_chunks_keep_whole_groups():

@@ -18,12 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from mhpo_vl.models.prefix import (
-    positions_from_mask,
-    prompt_groups,
-    shared_prefix_logits,
-    supported,
-)
+from mhpo_vl.models.prefix import plan, positions_from_mask, shared_prefix_logits
 
 if TYPE_CHECKING:
     from mhpo_vl.batch import RolloutBatch
@@ -139,20 +134,24 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     shared_prefix: bool = False,
+    groups: list[list[int]] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[B, T]`` of ``batch``'s completion tokens under ``model`` at
     ``temperature`` (and entropies ``[B, T]`` if asked), differentiable.
 
     ``shared_prefix``: rows with the same prompt are forwarded as one packed sequence
     (:mod:`mhpo_vl.models.prefix`; the same values, the prompt and image encoded once),
-    where the model's attention allows it and some prompt repeats.
+    where the model's attention allows it and packing saves work (:func:`~mhpo_vl.
+    models.prefix.plan`); ``groups``: that plan, made by the caller (it forwards them
+    packed whatever ``shared_prefix`` says).
     Values on padding positions (``response_mask == 0``) are meaningless; mask them.
     ``model`` may be wrapped (DDP): it is called, never unwrapped.
     """
     T = batch.response_mask.shape[1]
     targets = batch.input_ids[:, batch.input_ids.shape[1] - T :]
-    groups = prompt_groups(batch) if shared_prefix and supported(model) else None
-    if groups is not None and len(groups) < len(batch):
+    if groups is None and shared_prefix:
+        groups = plan(model, batch)
+    if groups is not None:
         logits = shared_prefix_logits(model, batch, groups)
     else:
         logits = completion_logits(model, batch)

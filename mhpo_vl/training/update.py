@@ -7,6 +7,7 @@ nor on the parallel strategy."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from mhpo_vl import algorithms
 from mhpo_vl.batch import RolloutBatch
 from mhpo_vl.errors import RunHalted
 from mhpo_vl.models import Policy, token_logprobs
+from mhpo_vl.models.prefix import plan
 from mhpo_vl.rollout import resolve_old_logprobs
 from mhpo_vl.training.metrics import summarize
 
@@ -23,32 +25,64 @@ if TYPE_CHECKING:
     from mhpo_vl.training.state import Run
 
 
-def micro_chunks(indices: list[int], size: int | None, group: int = 1) -> list[list[int]]:
-    """``indices`` in chunks of at most ``size`` (None: one chunk). With ``group > 1``
-    (rows ``g * group + j`` share a prompt), chunks hold whole groups where they fit,
-    so the shared-prefix forward encodes each prompt once per chunk."""
-    size = size or len(indices)
-    if group <= 1:
-        return [indices[i : i + size] for i in range(0, len(indices), size)]
+def micro_chunks(
+    indices: list[int],
+    size: int | None,
+    group: int = 1,
+    cost: Callable[[list[int]], int] | None = None,
+    budget: int | None = None,
+) -> list[list[int]]:
+    """``indices`` in chunks of at most ``size`` rows (None: no bound) and, with
+    ``budget``, at most ``budget`` tokens (``cost(rows)``). With ``group > 1`` (rows
+    ``g * group + j`` share a prompt), chunks hold whole groups where they fit, so the
+    shared-prefix forward encodes each prompt once per chunk; a group that fits in no
+    chunk is split. A single row over the budget is a chunk of its own."""
+
+    def fits(rows: list[int]) -> bool:
+        return (size is None or len(rows) <= size) and (
+            budget is None or cost is None or cost(rows) <= budget
+        )
+
     runs: list[list[int]] = []
     for i in indices:
-        if runs and runs[-1][0] // group == i // group:
+        if group > 1 and runs and runs[-1][0] // group == i // group:
             runs[-1].append(i)
         else:
             runs.append([i])
     chunks: list[list[int]] = []
     current: list[int] = []
     for run in runs:
-        if current and len(current) + len(run) > size:
+        if current and not fits(current + run):
             chunks.append(current)
             current = []
-        while len(run) > size:  # a group larger than a micro-batch: split it
-            chunks.append(run[:size])
-            run = run[size:]
+        while len(run) > 1 and not fits(run):  # split the group: the longest part that fits
+            k = max([k for k in range(1, len(run)) if fits(run[:k])], default=1)
+            chunks.append(run[:k])
+            run = run[k:]
         current = current + run
     if current:
         chunks.append(current)
     return chunks
+
+
+def _chunks(run: Run, batch: RolloutBatch, rows: list[int]) -> list[list[int]]:
+    """``rows`` in micro-batches: ``trainer.micro_batch_size`` rows and
+    ``trainer.micro_batch_tokens`` tokens at most, whole prompt groups where they fit
+    (a group's prompt counted once when the shared prefix packs it)."""
+    t, G = run.cfg.trainer, _group(run, len(batch))
+    if t.micro_batch_tokens is None:
+        return micro_chunks(rows, t.micro_batch_size, G)
+    prompts = batch.attention_mask[:, : batch.prompt_len].sum(-1).tolist()
+    answers = batch.response_lengths.tolist()
+
+    def cost(chunk: list[int]) -> int:
+        if G > 1:  # one prompt per group
+            return sum(answers[i] for i in chunk) + sum(
+                prompts[i] for i in {i // G * G for i in chunk}
+            )
+        return sum(answers[i] + prompts[i] for i in chunk)
+
+    return micro_chunks(rows, t.micro_batch_size, G, cost, t.micro_batch_tokens)
 
 
 def _group(run: Run, B: int) -> int:
@@ -75,14 +109,19 @@ def _lockstep_count(run: Run, n: int) -> int:
 
 @torch.no_grad()
 def logprobs_no_grad(run: Run, model: Any, policy: Policy, batch: RolloutBatch) -> torch.Tensor:
-    chunks = micro_chunks(
-        list(range(batch.response_mask.shape[0])), run.cfg.trainer.micro_batch_size
-    )
+    """Log-probs ``[B, T]`` under ``model`` (old or reference), micro-batch by
+    micro-batch (whole prompt groups, the shared prefix as in training)."""
+    (B, T), shared = batch.response_mask.shape, run.cfg.trainer.shared_prefix
+    chunks = _chunks(run, batch, list(range(B)))
+    out = []
     with policy.autocast():
-        out = torch.cat([token_logprobs(model, batch.select(c))[0] for c in chunks])
-        for _ in range(_lockstep_count(run, len(chunks)) - len(chunks)):
-            token_logprobs(model, batch.select(chunks[0]))  # in step with the others
-    return out
+        for c in chunks:
+            sub = batch.select(c).trimmed() if shared else batch.select(c)
+            logp, _ = token_logprobs(model, sub, shared_prefix=shared)
+            out.append(torch.nn.functional.pad(logp, (0, T - logp.shape[1])))
+        for _ in range(_lockstep_count(run, len(chunks)) - len(chunks)):  # in step
+            token_logprobs(model, batch.select(chunks[0]), shared_prefix=shared)
+    return torch.cat(out)
 
 
 def old_logprobs(run: Run, batch: RolloutBatch) -> torch.Tensor:
@@ -162,7 +201,7 @@ def accumulate_minibatch(run: Run, inputs: UpdateInputs, mb: list[int]) -> dict[
     # because the processes' gradients are averaged (not summed).
     n_tok = par.sum(float(batch.response_mask[mb].sum())) / par.world
     n_seq = par.sum(float(len(mb))) / par.world
-    chunks = micro_chunks(mb, cfg.trainer.micro_batch_size, _group(run, len(batch)))
+    chunks = _chunks(run, batch, mb)
     shared = cfg.trainer.shared_prefix
     total = _lockstep_count(run, len(chunks))
     metrics: dict[str, list[float]] = {}
@@ -175,20 +214,24 @@ def accumulate_minibatch(run: Run, inputs: UpdateInputs, mb: list[int]) -> dict[
             continue
         idx = chunks[i]
         sub = batch.select(idx)
+        if shared:  # no column that is padding in every row (off: the plain forward)
+            sub = sub.trimmed()
+        T = sub.response_mask.shape[1]
+        groups = plan(run.model, sub) if shared else None  # None: the naive forward
         with par.accumulate(run.model, last=last):
             with run.policy.autocast():
-                logp, ent = token_logprobs(run.model, sub, with_entropy=True, shared_prefix=shared)
-            old = inputs.old_B[idx] if inputs.old_B is not None else logp.detach()
+                logp, ent = token_logprobs(run.model, sub, with_entropy=True, groups=groups)
+            old = inputs.old_B[idx, :T] if inputs.old_B is not None else logp.detach()
             weights, correction = None, {}
             if inputs.engine_B is not None:
                 rc = a.rollout_correction
                 weights, correction = algorithms.rollout_correction(
-                    old, inputs.engine_B[idx], sub.response_mask, rc.level, rc.cap
+                    old, inputs.engine_B[idx, :T], sub.response_mask, rc.level, rc.cap
                 )
             out = algorithms.policy_loss(
                 name, logp, old, inputs.advantages_B[idx], sub.response_mask,
                 agg=a.agg,
-                ref_logprobs=inputs.ref_B[idx] if inputs.ref_B is not None else None,
+                ref_logprobs=inputs.ref_B[idx, :T] if inputs.ref_B is not None else None,
                 kl_coef=a.kl_coef, kl_estimator=a.kl_estimator,
                 num_tokens=n_tok, num_seqs=n_seq, max_len=cfg.rollout.max_new_tokens,
                 token_weights=weights if a.rollout_correction.level != "none" else None,
@@ -198,6 +241,7 @@ def accumulate_minibatch(run: Run, inputs: UpdateInputs, mb: list[int]) -> dict[
         mask = sub.response_mask
         values = dict(out.metrics, loss=float(out.loss.detach()), **correction)
         values["entropy"] = float((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
+        values["perf/shared_prefix_frac"] = float(groups is not None)  # of micro-batches
         for k, v in values.items():
             metrics.setdefault(k, []).append(v)
     return metrics
