@@ -77,6 +77,11 @@ class RolloutBatch:
         return self.input_ids.shape[1] - self.response_mask.shape[1]
 
     @property
+    def prompt_lengths(self) -> Tensor:
+        """[B] real prompt tokens per row (the prompt is left-padded)."""
+        return self.attention_mask[:, : self.prompt_len].sum(-1).long()
+
+    @property
     def response_lengths(self) -> Tensor:
         """[B] completion tokens per row, EOS included."""
         return self.response_mask.sum(-1).long()
@@ -170,10 +175,6 @@ class RolloutBatch:
             sample_logprobs=None if self.sample_logprobs is None else self.sample_logprobs[:, :T],
             images_per_row=self.images_per_row,
         )
-
-    def token_counts(self) -> Tensor:
-        """[B] real tokens per row, prompt and completion (what a forward must process)."""
-        return self.attention_mask[:, : self.prompt_len].sum(-1) + self.response_lengths
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         def move(x: Any) -> Any:

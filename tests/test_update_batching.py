@@ -42,7 +42,8 @@ def test_trimmed_drops_the_columns_every_row_pads():
     assert t.prompt_len == 2 and t.response_mask.tolist() == [[1.0, 1.0], [1.0, 0.0]]
     assert t.extra["mm_token_type_ids"].tolist() == [[1, 2, 3, 4], [8, 9, 10, 11]]
     assert t.sample_logprobs.shape == (2, 2)
-    assert batch.token_counts().tolist() == [4, 2]  # real prompt + real answer tokens
+    assert batch.prompt_lengths.tolist() == [2, 1]  # real prompt tokens
+    assert (batch.prompt_lengths + batch.response_lengths).tolist() == [4, 2]  # + answers
     assert t.trimmed() is t  # nothing left to drop
 
 

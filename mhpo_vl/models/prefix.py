@@ -258,7 +258,7 @@ def shared_prefix_logits(model: Any, batch: RolloutBatch, groups: list[list[int]
     input_ids = torch.cat([batch.input_ids[heads_t, :P], completion_ids], dim=1)
     positions = torch.cat([head_pos[..., :P]] + [head_pos[..., P:]] * G, dim=-1)
     # prompts are left-padded: each row's real prompt starts after its padding
-    starts = (P - head.attention_mask[:, :P].sum(dim=1)).tolist()
+    starts = (P - head.prompt_lengths).tolist()
     layout = PrefixLayout(tuple(int(s) for s in starts), P, G, T)
     extra = {}
     for key, value in head.extra.items():

@@ -141,6 +141,7 @@ from mhpo_vl import rng
 from mhpo_vl.batch import RolloutBatch, SamplingParams, join
 from mhpo_vl.errors import UserError
 from mhpo_vl.models.policy import DTYPES
+from mhpo_vl.parallel import in_process_group
 from mhpo_vl.parallel.fsdp import gather_full
 from mhpo_vl.rollout.encode import encode_prompts
 from mhpo_vl.rollout.engine import check_arg_keys
@@ -188,9 +189,8 @@ def _import_vllm() -> Any:
 
 def rank_world() -> tuple[int, int]:
     """This process's rank and the number of processes (0, 1 without a process group)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+    if in_process_group():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
 

@@ -72,15 +72,10 @@ def _chunks(run: Run, batch: RolloutBatch, rows: list[int]) -> list[list[int]]:
     t, G = run.cfg.trainer, _group(run, len(batch))
     if t.micro_batch_tokens is None:
         return micro_chunks(rows, t.micro_batch_size, G)
-    prompts = batch.attention_mask[:, : batch.prompt_len].sum(-1).tolist()
-    answers = batch.response_lengths.tolist()
+    prompts, answers = batch.prompt_lengths.tolist(), batch.response_lengths.tolist()
 
-    def cost(chunk: list[int]) -> int:
-        if G > 1:  # one prompt per group
-            return sum(answers[i] for i in chunk) + sum(
-                prompts[i] for i in {i // G * G for i in chunk}
-            )
-        return sum(answers[i] + prompts[i] for i in chunk)
+    def cost(chunk: list[int]) -> int:  # each answer, and one prompt per group (G = 1: each)
+        return sum(answers[i] for i in chunk) + sum(prompts[i] for i in {i // G * G for i in chunk})
 
     return micro_chunks(rows, t.micro_batch_size, G, cost, t.micro_batch_tokens)
 
