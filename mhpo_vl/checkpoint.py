@@ -55,20 +55,27 @@ class Group(Protocol):
     folder, and all of them agree on what happened."""
 
     is_main: bool
+    rank: int
+    world: int
 
     def barrier(self) -> None: ...
 
     def sum(self, value: float) -> float: ...
 
+    def gather(self, item: Any) -> list[Any]: ...
+
 
 class _Alone:
-    is_main = True
+    is_main, rank, world = True, 0, 1
 
     def barrier(self) -> None:
         pass
 
     def sum(self, value: float) -> float:
         return value
+
+    def gather(self, item: Any) -> list[Any]:
+        return [item]
 
 
 def save_checkpoint(
@@ -90,6 +97,7 @@ def save_checkpoint(
             processor.save_pretrained(tmp)
         save_state(state, tmp / STATE_FILE)
 
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     return write_checkpoint(output_dir, step, write, keep_last)
 
 
@@ -111,17 +119,19 @@ def write_checkpoint(
     try:
         path = _attempt(root, step, write, group)
     except _SaveFailed as failed:
+        last = latest_checkpoint(root)
+        kept = (
+            f"{last} is intact, a rerun resumes from it" if last else "no checkpoint to resume from"
+        )
         if not failed.disk_full:
-            raise failed.error or RunHalted(
-                f"another process failed to write checkpoint-{step}; see its error"
+            raise RunHalted(
+                f"cannot write {root / f'checkpoint-{step}'}: {failed.causes}; {kept}"
             ) from None
         made_room = prune(root, keep_last, room_for_one=True) if group.is_main else False
         if group.sum(float(made_room)) == 0:
-            last = latest_checkpoint(root)
-            kept = f"{last.name} is intact; a rerun resumes from it" if last else "none saved yet"
             raise RunHalted(
-                f"no space left on device in {root} while writing checkpoint-{step} ({kept}); "
-                "free some space or lower trainer.keep_last"
+                f"no space left on device in {root} while writing checkpoint-{step} "
+                f"({failed.causes}); {kept}; free some space or lower trainer.keep_last"
             ) from None
         return write_checkpoint(root, step, write, keep_last, group)
     if group.is_main:
@@ -131,38 +141,73 @@ def write_checkpoint(
 
 
 class _SaveFailed(Exception):
-    """Some process could not write its part: this one's error (None: another's)."""
+    """Some processes could not write their part: each one's ``(rank, disk full,
+    cause)``."""
 
-    def __init__(self, error: Exception | None, disk_full: bool) -> None:
-        super().__init__(str(error))
-        self.error, self.disk_full = error, disk_full
+    def __init__(self, reports: list[tuple[int, bool, str]]) -> None:
+        super().__init__(str(reports))
+        self.reports = reports
+        self.disk_full = all(full for _, full, _ in reports)
+
+    @property
+    def causes(self) -> str:
+        """``cause``, or ``rank R: cause; rank S: ...`` when several processes write."""
+        if len(self.reports) == 1 and self.reports[0][0] < 0:
+            return self.reports[0][2]
+        return "; ".join(f"rank {rank}: {cause}" for rank, _, cause in self.reports)
+
+
+def _reports(error: BaseException | None, rank: int) -> list[tuple[int, bool, str]]:
+    """``(rank, disk full, cause)`` of each failed write this process knows of: its own,
+    or every process's when a collective writer (torch.distributed.checkpoint's
+    ``CheckpointException``) gathered them."""
+    if error is None:
+        return []
+    failures = getattr(error, "failures", None)
+    if isinstance(failures, dict):
+        return [(r, _disk_full(exc), _cause(exc)) for r, (exc, _) in failures.items()]
+    return [(rank, _disk_full(error), _cause(error))]
+
+
+def _cause(exc: BaseException) -> str:
+    """A failed write in a few words: ``OSError``'s own text, else the type and text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}{f' ({exc.filename})' if exc.filename else ''}"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _attempt(root: Path, step: int, write: Callable[[Path], None], group: Group) -> Path:
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
+    error: BaseException | None = None
     if group.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        try:  # the run made its output directory: one that is gone was removed
+            tmp.mkdir()
+        except OSError as exc:  # read-only or removed output directory
+            error = exc
     group.barrier()
-    error: Exception | None = None
     try:
-        write(tmp)
+        if not group.sum(float(error is not None)):
+            write(tmp)
     except Exception as exc:  # every process must still learn of it (below)
         error = exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    failures = group.sum(float(error is not None))
-    if failures:
-        full = group.sum(float(error is not None and _disk_full(error)))
+    except BaseException as exc:
+        if not hasattr(exc, "failures"):  # (a CheckpointException is a BaseException)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        error = exc
+    if group.sum(float(error is not None)):
+        reports = sorted({r for item in group.gather(_reports(error, group.rank)) for r in item})
+        if group.world == 1:  # one process: no rank to name
+            reports = [(-1, full, cause) for _, full, cause in reports]
         if group.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         group.barrier()
-        raise _SaveFailed(error, disk_full=full == failures)
+        raise _SaveFailed(reports)
     if group.is_main:
         if final.exists():
-            _remove(final)
+            remove(final)
         tmp.rename(final)
     group.barrier()
     return final
@@ -216,11 +261,11 @@ def prune(root: Path, keep_last: int, room_for_one: bool = False) -> bool:
     ckpts = list_checkpoints(root)
     old = ckpts[: max(0, len(ckpts) - keep)]
     for _, path in old:
-        _remove(path)
+        remove(path)
     return bool(old)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
     """Rename, then delete: a kill half-way leaves a ``.deleting-*`` folder that
     :func:`clean_leftovers` removes, never a half-deleted checkpoint."""
     doomed = path.with_name(f".deleting-{path.name}")
@@ -308,3 +353,22 @@ class SafetensorsWriter:
             (self.directory / "model.safetensors.index.json").write_text(
                 json.dumps(index, indent=2, sort_keys=True) + "\n"
             )
+
+
+def write_failure(
+    path: str | Path, exc: BaseException, output_dir: str | Path | None = None
+) -> RunHalted:
+    """A :class:`RunHalted` for a failed write: the path, the cause and the last good
+    checkpoint of ``output_dir`` (which a rerun resumes from)."""
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if isinstance(exc, OSError) and not Path(path).parent.exists():
+        cause = f"{cause} (its directory {Path(path).parent} was removed)"
+    where = ""
+    if output_dir is not None:
+        last = latest_checkpoint(output_dir)
+        where = (
+            f"; {last} is intact, a rerun resumes from it"
+            if last
+            else "; no checkpoint to resume from"
+        )
+    return RunHalted(f"cannot write {path}: {cause}{where}")

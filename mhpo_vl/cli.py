@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from mhpo_vl.errors import UserError
+from mhpo_vl.errors import UserError, missing_file
 
 EPILOG = """\
 examples:
@@ -28,10 +28,19 @@ examples:
 """
 
 
+def _recipe_file(path: str) -> str:
+    """``path``, a recipe file given on the command line; else the missing-file error."""
+    if not os.path.isfile(path):
+        fix = "give the path of a recipe YAML, e.g. recipes/tiny/mhpo.yaml"
+        raise missing_file("recipe file", path, "the RECIPE argument", fix)
+    return path
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mhpo_vl.validation import load_recipe
 
-    cfg = load_recipe(args.recipe, args.overrides)  # a bad recipe fails before the imports
+    # a bad recipe fails before the imports
+    cfg = load_recipe(_recipe_file(args.recipe), args.overrides)
     from mhpo_vl.trainer import train
 
     train(cfg)
@@ -51,7 +60,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not recipes:
         raise UserError("validate: no recipe given (mhpo-vl validate RECIPE [KEY=VALUE ...])")
     for path in recipes:
-        validate_recipe(path, overrides)
+        validate_recipe(_recipe_file(path), overrides)
         print(f"ok  {path}")
     return 0
 

@@ -79,6 +79,10 @@ class DataConfig:
     max_image_pixels: int = 64_000_000
     # stop when more than this fraction of a split's rows are bad (dropped rows counted)
     max_bad_frac: float = 0.1
+    # rows whose prompt (chat template, instructions, question, each image's vision
+    # tokens) is longer are dropped at load, counted and named; None: what the engine's
+    # max_model_len (else the model's context) leaves after the longest response
+    max_prompt_tokens: int | None = None
 
     def limits(self) -> dict[str, Any]:
         """How every split's images are decoded and how many bad rows it may have
@@ -196,6 +200,17 @@ class TrainerConfig:
     max_consecutive_skips: int = 3
     # stop when at least this fraction of a step's reward calls fail (1.0: all of them)
     max_reward_fail_frac: float = 1.0
+    # seconds all of a step's reward calls may take together (the issue's
+    # rewards.step_timeout; here because the recipe's rewards is a list): they run in
+    # reward_workers processes, and calls still running at the deadline are cut off,
+    # scored 0, counted and logged with their prompt ids
+    reward_step_timeout: float = 120.0
+    reward_workers: int = 2  # processes that score a step's rewards in parallel
+    # seconds a process waits in a collective (all-reduce, barrier, ...) for the others
+    # before the run stops naming the one that did not come (the process group's
+    # timeout); it must cover the longest one process can be busy alone: a checkpoint
+    # written by the main process, an uneven eval share
+    collective_timeout: float = 600.0
 
 
 @dataclass
@@ -265,6 +280,7 @@ CHECKS: dict[str, Check] = {
     "data.max_pixels": OPTIONAL_COUNT,
     "data.max_image_pixels": COUNT,
     "data.max_bad_frac": FRACTION,
+    "data.max_prompt_tokens": OPTIONAL_COUNT,
     # advantages compare a response with the rest of its group: G = 1 has no baseline
     "rollout.group_size": at_least(2),
     "rollout.max_new_tokens": COUNT,
@@ -303,6 +319,9 @@ CHECKS: dict[str, Check] = {
     "trainer.num_threads": OPTIONAL_COUNT,
     "trainer.max_consecutive_skips": COUNT,
     "trainer.max_reward_fail_frac": Range(0, 1, low_open=True),
+    "trainer.reward_step_timeout": Range(0, low_open=True),
+    "trainer.reward_workers": COUNT,
+    "trainer.collective_timeout": Range(0, low_open=True),
     "eval.every": at_least(0),  # 0: only at the start and end
     "eval.size": OPTIONAL_COUNT,
     "eval.temperature": at_least(0),  # 0: greedy
@@ -367,6 +386,23 @@ def _pixel_bounds_ordered(recipe: Recipe) -> str | None:
     return None
 
 
+def _prompt_and_response_fit(recipe: Recipe) -> str | None:
+    """A prompt of ``data.max_prompt_tokens`` and the longest response must fit the
+    engine's ``max_model_len`` (when it has one)."""
+    limit, length = recipe.data.max_prompt_tokens, recipe.rollout.engine_args.get("max_model_len")
+    if limit is None or not isinstance(length, int):
+        return None
+    new, key = recipe.rollout.max_new_tokens, "rollout.max_new_tokens"
+    if (recipe.eval.max_new_tokens or 0) > new:
+        new, key = recipe.eval.max_new_tokens, "eval.max_new_tokens"
+    if limit + new <= length:
+        return None
+    return (
+        f"data.max_prompt_tokens: must be <= rollout.engine_args.max_model_len ({length}) - "
+        f"{key} ({new}) = {length - new}, got {limit}"
+    )
+
+
 def _some_reward_counts(recipe: Recipe) -> str | None:
     if all(spec.weight == 0 for spec in recipe.rewards):
         return "rewards: every weight is 0, so every advantage would be 0; give one a weight"
@@ -406,6 +442,7 @@ CROSS_RULES: tuple[Callable[[Recipe], str | None], ...] = (
     _fsdp_without_float16,
     _overlong_buffer_fits,
     _pixel_bounds_ordered,
+    _prompt_and_response_fit,
     _some_reward_counts,
 )
 """Rules relating two fields; each returns its one-line error or None."""

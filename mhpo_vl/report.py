@@ -17,7 +17,6 @@ column has a result.
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from mhpo_vl.errors import UserError
+from mhpo_vl.errors import UserError, missing_file
+from mhpo_vl.eval import safejson
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES_DIR = ROOT / "eval" / "paper"
@@ -45,8 +45,10 @@ def load_table(name: str, tables_dir: Path = TABLES_DIR) -> dict[str, Any]:
     names = table_names(tables_dir)
     if name not in names:
         raise UserError(f"unknown table {name!r}; valid names: {', '.join(names)}")
-    table = yaml.safe_load((Path(tables_dir) / f"{name}.yaml").read_text(encoding="utf-8"))
+    path = Path(tables_dir) / f"{name}.yaml"
+    table = yaml.safe_load(path.read_text(encoding="utf-8"))
     table.setdefault("table", name)
+    table.setdefault("file", str(path))
     for key in ("title", "model", "metric", "protocol", "columns", "rows", "provenance"):
         if key not in table:
             raise UserError(f"eval/paper/{name}.yaml: missing {key!r}")
@@ -65,16 +67,25 @@ def benchmarks(table: Mapping[str, Any]) -> list[str]:
     return list(table["columns"].values())
 
 
-def read_recipe(path: str | Path, root: Path = ROOT) -> dict[str, Any]:
-    """A recipe as plain YAML (no validation): enough to know its output folder."""
-    return yaml.safe_load((root / path).read_text(encoding="utf-8"))
+def read_recipe(
+    path: str | Path, root: Path = ROOT, where: str = "a paper table row's recipe"
+) -> dict[str, Any]:
+    """A recipe as plain YAML (no validation): enough to know its output folder.
+    ``where`` says where ``path`` came from, for the missing-file error."""
+    file = root / path
+    if not file.is_file():
+        fix = "write the paper's recipes with python recipes/paper/make_recipes.py"
+        raise missing_file("recipe file", file, where, fix)
+    return yaml.safe_load(file.read_text(encoding="utf-8"))
 
 
-def row_output_dir(row: Mapping[str, Any], root: Path = ROOT) -> str:
+def row_output_dir(
+    row: Mapping[str, Any], root: Path = ROOT, where: str = "a paper table row's recipe"
+) -> str:
     """Where a row's run (and its ``paper_eval/``) lives: the recipe's
     ``trainer.output_dir``, or the row's own ``output_dir`` when nothing is trained."""
     if row.get("recipe"):
-        return read_recipe(row["recipe"], root)["trainer"]["output_dir"]
+        return read_recipe(row["recipe"], root, where)["trainer"]["output_dir"]
     return row["output_dir"]
 
 
@@ -98,8 +109,10 @@ def check_result(
     if not path.is_file():
         return None, "no results"
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
+        res = safejson.loads(path.read_text(encoding="utf-8"), str(path))  # depth bounded
         settings, metrics = res.get("settings", {}), res["metrics"]
+    except UserError as exc:
+        return None, f"unreadable ({str(exc).removeprefix(f'{path}: ')})"
     except (OSError, ValueError, KeyError, AttributeError) as exc:
         return None, f"unreadable ({type(exc).__name__})"
     proto, decoding = table["protocol"], settings.get("decoding", {})
@@ -143,10 +156,13 @@ class Comparison:
 def compare(table: dict[str, Any], results_root: str | Path = ".") -> Comparison:
     """The paper's values and ours, cell by cell."""
     root = Path(results_root)
+    if not root.is_dir():
+        fix = "give the folder scripts/reproduce.py wrote the runs into (default: here)"
+        raise missing_file("results folder", root, "--results-root", fix)
     cells: dict[str, dict[str, Cell]] = {}
     sources, ignored = {}, []
     for key, row in table["rows"].items():
-        out = row_output_dir(row)
+        out = row_output_dir(row, where=f"rows.{key}.recipe in {table.get('file', table['table'])}")
         sources[key] = str(root / out / RESULTS_SUBDIR)
         approx = bool(row.get("approx"))
         cells[key] = {}

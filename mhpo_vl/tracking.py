@@ -2,15 +2,22 @@
 
 Only the main process writes. ``metrics.jsonl`` holds one JSON object per step
 (``step`` plus every metric); ``samples.jsonl`` a few rollouts per step (prompt,
-response, reward parts); ``tb/`` TensorBoard events.
+response, reward parts); ``tb/`` TensorBoard events. A write that fails (the
+directory made read-only or removed, a full disk) stops the run with one line naming the
+file, the cause and the last good checkpoint
+(:func:`~mhpo_vl.checkpoint.write_failure`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mhpo_vl.checkpoint import write_failure
 
 
 def _clean(value: Any) -> Any:
@@ -33,24 +40,36 @@ class RunLogger:
 
                 self._tb = SummaryWriter(str(self.dir / "tb"))
 
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """Turn a failed write of ``path`` into the run's one-line stop."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_failure(path, exc, self.dir) from None
+
+    def _append(self, name: str, lines: list[str]) -> None:
+        path = self.dir / name
+        with self._writing(path), open(path, "a") as fh:
+            fh.write("".join(lines))
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        with open(self.dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self._append("metrics.jsonl", [json.dumps(record) + "\n"])
         if self._tb is not None:
-            for key, value in metrics.items():
-                if isinstance(value, int | float):
-                    self._tb.add_scalar(key, value, step)
-            self._tb.flush()
+            with self._writing(self.dir / "tb"):
+                for key, value in metrics.items():
+                    if isinstance(value, int | float):
+                        self._tb.add_scalar(key, value, step)
+                self._tb.flush()
 
     def samples(self, step: int, records: list[dict[str, Any]]) -> None:
         if not self.enabled or not records:
             return
-        with open(self.dir / "samples.jsonl", "a") as fh:
-            for rec in records:
-                fh.write(json.dumps({"step": step, **rec}, default=str) + "\n")
+        lines = [json.dumps({"step": step, **rec}, default=str) + "\n" for rec in records]
+        self._append("samples.jsonl", lines)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records of steps after the checkpoint (they will be redone)."""

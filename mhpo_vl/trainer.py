@@ -16,9 +16,13 @@ from typing import Any
 
 from mhpo_vl import algorithms
 from mhpo_vl.config import Recipe
+from mhpo_vl.errors import RunHalted, UserError
+from mhpo_vl.parallel import faults
+from mhpo_vl.rewards import reward_name
 from mhpo_vl.training import metrics as M
 from mhpo_vl.training.collect import collect
 from mhpo_vl.training.evaluation import evaluate
+from mhpo_vl.training.signal import require_signal
 from mhpo_vl.training.state import Run, save, setup
 from mhpo_vl.training.update import check_skips, update
 
@@ -30,8 +34,17 @@ def train(cfg: Recipe) -> dict[str, float]:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run = setup(cfg)
-    t = cfg.trainer
+    # an error on one process stops the others, each naming the rank and the cause
+    with faults.boundary(cfg.trainer.collective_timeout, cfg.trainer.output_dir):
+        run = setup(cfg)
+        try:
+            return _loop(run)
+        finally:
+            run.close()
+
+
+def _loop(run: Run) -> dict[str, float]:
+    cfg, t = run.cfg, run.cfg.trainer
     if run.start_step == 0 and cfg.eval.at_start:
         start = evaluate(run)
         if start:
@@ -47,12 +60,12 @@ def train(cfg: Recipe) -> dict[str, float]:
         check_skips(run, step)
         if step == t.max_steps or (t.save_every and step % t.save_every == 0):
             save(run, step)
+        faults.note_step(step)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(_postfix(metrics, run.skips["total"]))
     if progress is not None:
         progress.close()
-    run.logger.close()
     _announce(run, t.max_steps, metrics)
     return metrics
 
@@ -68,8 +81,13 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     run.engine.sleep()
     stats.update(M.reward_failure_fracs(run, step))
     t1 = time.perf_counter()
-    adv = algorithms.compute_advantages(run.cfg.algorithm.advantage, scored.rewards.view(-1, G))
-    metrics = update(run, scored.batch, adv.advantages_PG.reshape(-1))
+    weights = {reward_name(r.name): r.weight for r in run.cfg.rewards}
+    require_signal(step, scored.rewards.tolist(), scored.parts, weights, G)
+    try:
+        adv = algorithms.compute_advantages(run.cfg.algorithm.advantage, scored.rewards.view(-1, G))
+    except UserError as exc:  # rewards the arithmetic cannot turn into advantages
+        raise RunHalted(f"step {step}: {exc}") from None
+    metrics = update(run, scored.batch, adv.advantages_PG.reshape(-1).float())
     run.scheduler.step()
     run.engine.sync_weights(run.model)
     t2 = time.perf_counter()

@@ -71,7 +71,7 @@ def test_overrides_are_yaml_values_at_dotted_keys():
         (
             {},
             ["data.train=/no/such/file.jsonl"],
-            r"data.train.source: '/no/such/file.jsonl' is neither",
+            r"dataset not found: /no/such/file.jsonl \(data.train.source\); it is neither",
         ),
         ({}, ["trainer.minibatches=3"], r"minibatches \(3\) must divide"),
         ({}, ["optim.scheduler=wsd"], r"optim.scheduler: unknown 'wsd'"),

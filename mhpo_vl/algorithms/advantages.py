@@ -84,10 +84,26 @@ def compute_advantages(name: str, rewards_PG: Tensor, **hyper: Any) -> Advantage
         rewards_PG.shape[1] >= 2,
         f"advantage {name!r} needs a group size G >= 2, got rewards {list(rewards_PG.shape)}",
     )
-    rewards_PG = rewards_PG.detach()
-    if not rewards_PG.is_floating_point():
-        rewards_PG = rewards_PG.to(torch.get_default_dtype())
+    dtype = rewards_PG.dtype if rewards_PG.is_floating_point() else torch.get_default_dtype()
+    rewards_PG = rewards_PG.detach().to(torch.float64)  # a huge reward's square fits
     require(bool(torch.isfinite(rewards_PG).all()), "rewards must be finite (got NaN or inf)")
     zero_var_P = (rewards_PG == rewards_PG[:, :1]).all(dim=-1)
-    advantages_PG = fn(rewards_PG, **params).masked_fill(zero_var_P[:, None], 0.0)
+    advantages_PG = fn(rewards_PG, **params).masked_fill(zero_var_P[:, None], 0.0).to(dtype)
+    _require_signal(rewards_PG, advantages_PG, zero_var_P)
     return AdvantageResult(advantages_PG, zero_var_P, int(zero_var_P.sum()))
+
+
+def _require_signal(rewards_PG: Tensor, advantages_PG: Tensor, zero_var_P: Tensor) -> None:
+    """A group whose rewards differ must get finite advantages that are not all 0: finite
+    rewards too large for the arithmetic (a std that overflows, a difference beyond the
+    advantage dtype) would otherwise train on nothing, or on inf, without a word."""
+    lost = ~zero_var_P & ~(torch.isfinite(advantages_PG).all(-1) & (advantages_PG != 0).any(-1))
+    if bool(lost.any()):
+        g = int(lost.nonzero()[0, 0])
+        show = ", ".join(f"{x:.3g}" for x in rewards_PG[g].tolist()[:8])
+        require(
+            False,
+            f"rewards too large for the advantage arithmetic: {int(lost.sum())} group(s) "
+            f"with differing rewards got advantages that are not finite or all 0 (group {g}: "
+            f"rewards [{show}]); scale the rewards (rewards[].weight) to a sane range",
+        )

@@ -11,7 +11,9 @@ in the log and in :attr:`ProblemSet.bad`; nothing is dropped or coerced silently
 - at load, without decoding any image: blank or non-text question/answer, text that is
   not UTF-8, ``choices`` that is not a list, a gold answer outside the choices
   (:mod:`mhpo_vl.data.validate`), a missing or structurally broken image file, an image
-  over ``max_image_pixels`` or of an aspect ratio the processor refuses (its header);
+  over ``max_image_pixels`` or of an aspect ratio the processor refuses (its header), a
+  prompt longer than ``data.max_prompt_tokens`` (its text and the image's vision tokens,
+  counted from the image's size: :class:`~mhpo_vl.models.processors.PromptLimit`);
 - where a row is used (:meth:`ProblemSet.take`, :meth:`ProblemSet.valid_rows`): an
   image that fails to decode in full (:mod:`mhpo_vl.data.images`).
 
@@ -31,13 +33,16 @@ from typing import Any
 
 from mhpo_vl.data.badrows import BadRow, BadRowLog
 from mhpo_vl.data.images import (
+    DECODE_MAX_PIXELS,
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageRejected,
     decode_image,
+    open_lazy,
+    resize_within,
     verify_image,
 )
 from mhpo_vl.data.validate import check_row
-from mhpo_vl.errors import UserError
+from mhpo_vl.errors import UserError, missing_file
 from mhpo_vl.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -171,8 +176,10 @@ def _has_surrogates(value: Any) -> bool:
 
 
 def _looks_like_hub_id(source: str) -> bool:
+    """``owner/name``, and not a file name (``data/train.jsonl`` is a local path)."""
     parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+    local = source.startswith((".", "~")) or Path(source).suffix in LOCAL_FORMATS
+    return len(parts) == 2 and all(parts) and not local
 
 
 def check_dataset_spec(spec: Any, key: str) -> None:
@@ -181,10 +188,12 @@ def check_dataset_spec(spec: Any, key: str) -> None:
         return
     if Path(spec.source).expanduser().exists() or _looks_like_hub_id(spec.source):
         return
-    raise UserError(
-        f"{key}.source: {spec.source!r} is neither a registered dataset "
-        f"({', '.join(DATASETS.names())}), an existing path, nor a hub id (owner/name)"
-    )
+    raise missing_file(
+        "dataset", spec.source, f"{key}.source",
+        f"it is neither a registered dataset ({', '.join(DATASETS.names())}), an existing "
+        "path, nor a hub id (owner/name): prepare the data first (the recipe's 'Data:' "
+        "comment says how) or fix the path",
+    )  # fmt: skip
 
 
 class BadRowError(UserError):
@@ -436,17 +445,76 @@ def _unreadable_id(ds: Any, mapping: dict[str, str], i: int) -> str:
     return str(i)
 
 
+@dataclass(frozen=True)
+class _Checks:
+    """What the load-time checks of one split need: where relative image paths start,
+    the image limits, and the prompt limit (None: none)."""
+
+    base_dir: Path | None
+    max_image_pixels: int | None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    prompt_limit: Any = None  # a PromptLimit: .problem(row, image_size) -> str | None
+
+    def problem(self, row: Mapping[str, Any]) -> tuple[str, str, str | None] | None:
+        """``(reason, detail, image file)`` of the first problem the cheap checks find."""
+        problem = check_row(row)
+        if problem is not None:
+            return problem[0], problem[1], None
+        size = None
+        if "image" in row:
+            try:
+                verify_image(row["image"], self.base_dir, self.max_image_pixels)
+                if self.prompt_limit is not None:
+                    size = self.decoded_size(row["image"])
+            except ImageRejected as exc:
+                return exc.reason, exc.detail, exc.file
+        if self.prompt_limit is not None:
+            detail = self.prompt_limit.problem(row, size)
+            if detail is not None:
+                return "prompt_too_long", detail, None
+        return None
+
+    def decoded_size(self, value: Any) -> tuple[int, int]:
+        """The (width, height) :func:`~mhpo_vl.data.images.decode_image` will give the
+        image, from its header alone: the same :func:`resize_within` steps, applied to a
+        stand-in that has only a size (a large JPEG decoded at reduced scale may land a
+        pixel off)."""
+        size = _header_size(value, self.base_dir)
+        cap = self.max_pixels or DECODE_MAX_PIXELS
+        shrunk = resize_within(_Sized(size), None, cap)
+        return resize_within(shrunk, self.min_pixels, cap).size
+
+
+def _header_size(value: Any, base_dir: Path | None) -> tuple[int, int]:
+    """An image value's (width, height) from its header; a file opened here is closed,
+    a caller's PIL image is not."""
+    img = open_lazy(value, base_dir)
+    given = value[0] if isinstance(value, list | tuple) and value else value
+    try:
+        return img.size
+    finally:
+        if img is not given:
+            img.close()
+
+
+@dataclass(frozen=True)
+class _Sized:
+    """An image's size, nothing else: what :func:`resize_within` reads and returns."""
+
+    size: tuple[int, int]
+
+    def resize(self, size: tuple[int, int]) -> _Sized:
+        return _Sized(size)
+
+
 def _scan(
-    ds: Any,
-    mapping: dict[str, str],
-    base_dir: Path | None,
-    log_: BadRowLog,
-    max_image_pixels: int | None,
+    ds: Any, mapping: dict[str, str], log_: BadRowLog, checks: _Checks
 ) -> tuple[list[int], int]:
     """Indices of the rows that pass the load-time checks (the others go to ``log_``),
     and how many of those have no image."""
     keep, text_only = [], 0
-    file = log_.source if base_dir is not None else None
+    file = log_.source if checks.base_dir is not None else None
     for i, raw in _read_rows(ds):
         if raw is None:
             rid = _unreadable_id(ds, mapping, i)
@@ -454,7 +522,7 @@ def _scan(
             continue
         row = {key: raw.get(col) for key, col in mapping.items()}
         rid = str(row["id"]) if row.get("id") is not None else str(i)
-        problem = _row_problem(row, base_dir, max_image_pixels)
+        problem = checks.problem(row)
         if problem is None:
             keep.append(i)
             text_only += row.get("image") is None
@@ -462,21 +530,6 @@ def _scan(
         reason, detail, where = problem
         log_.add(BadRow(log_.split, rid, reason, detail, where or file))
     return keep, text_only
-
-
-def _row_problem(
-    row: Mapping[str, Any], base_dir: Path | None, max_image_pixels: int | None
-) -> tuple[str, str, str | None] | None:
-    """``(reason, detail, image file)`` of the first problem the cheap checks find."""
-    problem = check_row(row)
-    if problem is not None:
-        return problem[0], problem[1], None
-    if "image" in row:
-        try:
-            verify_image(row["image"], base_dir, max_image_pixels)
-        except ImageRejected as exc:
-            return exc.reason, exc.detail, exc.file
-    return None
 
 
 def load_problems(
@@ -487,13 +540,15 @@ def load_problems(
     max_pixels: int | None = None,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_bad_frac: float | None = None,
+    prompt_limit: Any = None,
 ) -> ProblemSet:
     """Load the dataset ``spec`` (a :class:`~mhpo_vl.config.DatasetSpec`) as a ProblemSet.
 
     ``key`` names the split in messages (``data.train``). Images are downscaled to
     ``max_pixels`` as they are decoded, rejected above ``max_image_pixels`` source
-    pixels; more than ``max_bad_frac`` bad rows (None: no limit) is a
-    :class:`UserError`.
+    pixels; rows whose prompt is over ``prompt_limit`` (a
+    :class:`~mhpo_vl.models.processors.PromptLimit`; None: no limit) are dropped; more
+    than ``max_bad_frac`` bad rows (None: no limit) is a :class:`UserError`.
     """
     columns = dict(spec.columns)
     base_dir, source_file = None, None
@@ -517,7 +572,8 @@ def load_problems(
     bad = BadRowLog(key, source_file or spec.source, max_bad_frac=max_bad_frac)
     for rid, reason, detail in pre_bad:
         bad.add(BadRow(key, rid, reason, detail, source_file))
-    keep, text_only = _scan(ds, mapping, base_dir, bad, max_image_pixels)
+    checks = _Checks(base_dir, max_image_pixels, min_pixels, max_pixels, prompt_limit)
+    keep, text_only = _scan(ds, mapping, bad, checks)
     bad.total = len(ds) + len(pre_bad)
     if bad.rows:
         log.warning(

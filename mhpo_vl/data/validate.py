@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mhpo_vl.data.templates import LETTERS
+from mhpo_vl.rewards.normalize import choice_letter_index
 
 Problem = tuple[str, str]
 
@@ -82,13 +83,14 @@ def check_choices(choices: Any) -> Problem | None:
 
 
 def gold_in_choices(answer: Any, choices: list[Any]) -> bool:
-    """Whether the gold names a choice: its text, or its letter (the same rule as
-    :func:`mhpo_vl.rewards.verifiers.gold_choice`)."""
+    """Whether the gold names a choice: its text, or its ASCII letter (the rule of
+    :func:`mhpo_vl.rewards.verifiers.gold_choice`, through the same function)."""
     texts = [str(c) for c in choices]
     gold = str(answer).strip()
     if gold in texts:
         return True
-    return len(gold) == 1 and 0 <= ord(gold.upper()) - 65 < len(texts)
+    index = choice_letter_index(gold)
+    return index is not None and index < len(texts)
 
 
 def check_row(row: Mapping[str, Any]) -> Problem | None:

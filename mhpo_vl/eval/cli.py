@@ -20,6 +20,12 @@ official scorer. Writes OUT_DIR/output.json (the same layout with our 'extractio
 'prediction', 'true_false') and OUT_DIR/scores.json (the official scores layout).
 When the file carries its own 'true_false', prints how often our verdict agrees with
 it, overall and by question_type, and the pids where they differ.
+
+Each item is checked before it is scored: its keys, the JSON type of each field
+('response' a string or null, 'answer' a string or number, 'choices' a list of strings
+or numbers, ...) and MathVista's question and answer types. A malformed item is named
+by its pid and counted, never scored; more than --max-malformed of them (default 0.05)
+exits with code 2. A file nested deeper than 64 levels is refused.
 """
 
 RUN_HELP = """\
@@ -40,10 +46,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
         raise UserError(f"eval score supports 'mathvista' files, not {args.benchmark!r}")
     scores, summary = score_file(
-        args.predictions, args.out_dir, args.use_extraction, args.annotations, args.fallback
-    )
+        args.predictions, args.out_dir, args.use_extraction, args.annotations, args.fallback,
+        args.max_malformed,
+    )  # fmt: skip
     avg = scores["average"]
     print(f"accuracy {avg['accuracy']}% ({avg['correct']}/{avg['total']})")
+    if summary.malformed:
+        named = "; ".join(summary.malformed[:10])
+        more = f"; ... {len(summary.malformed) - 10} more" if len(summary.malformed) > 10 else ""
+        print(
+            f"malformed items (not scored): {len(summary.malformed)} of {summary.items}: "
+            f"{named}{more}"
+        )
     if summary.missing_response:
         print(f"items without a response (scored wrong): {len(summary.missing_response)}")
     if args.use_extraction and summary.missing_extraction:
@@ -65,6 +79,17 @@ def _print_agreement(predictions: str, out_dir: str) -> None:
     found = compare_verdicts(read_json(predictions, "predictions"), read_json(output, "output"))
     for line in agreement_lines(found, str(output)) if found else []:
         print(line)
+
+
+def _fraction(text: str) -> float:
+    """An argument that is a fraction in [0, 1] (argparse reports the error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def _parse_data(pairs: list[str]) -> dict[str, str]:
@@ -99,6 +124,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         seed=args.seed,
+        max_prompt_tokens=args.max_prompt_tokens,
     )
     for res in results:
         shown = "  ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items() if "@" in k)
@@ -154,6 +180,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "onto the nearest choice as MathVista's scorer does (leaderboard-comparable); "
         "'none' scores it wrong, as the training rewards do",
     )
+    s.add_argument(
+        "--max-malformed",
+        type=_fraction,
+        default=0.05,
+        metavar="FRAC",
+        help="the share of items that may be malformed (named, counted, not scored); more "
+        "exits with code 2 (default 0.05; 0: none may be)",
+    )
     s.set_defaults(func=_cmd_score)
 
     r = sub.add_parser(
@@ -169,6 +203,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--max-new-tokens", type=int, default=2048)
+    r.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="problems whose prompt (text and vision tokens) is longer are dropped at load, "
+        "counted and named (default: the model's context length minus --max-new-tokens)",
+    )
     r.add_argument(
         "--template", default=None, help="prompt template (default: the benchmark's own)"
     )

@@ -11,7 +11,6 @@ Bad records are skipped, counted and named like bad training rows
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 from mhpo_vl.data.badrows import BadRow, BadRowLog
 from mhpo_vl.data.images import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, decode_image
 from mhpo_vl.data.validate import check_row
-from mhpo_vl.errors import UserError
+from mhpo_vl.errors import UserError, missing_file
+from mhpo_vl.eval import safejson
 from mhpo_vl.eval.benchmarks import BENCHMARKS, Benchmark, Row
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -36,10 +36,7 @@ def open_image(value: Any, base_dir: Path | None, where: str, **limits: Any) -> 
 
 def _read_local(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        data = safejson.loads(path.read_text(encoding="utf-8"), str(path))
         records = list(data.values()) if isinstance(data, dict) else data
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
             raise UserError(f"{path}: expected a list of records or an object of records")
@@ -48,10 +45,7 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
         out = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}: line {n}: not valid JSON ({exc})") from None
+                out.append(safejson.loads(line, f"{path}: line {n}"))
         return out
     if path.suffix == ".parquet":
         import datasets
@@ -62,11 +56,29 @@ def _read_local(path: Path) -> list[dict[str, Any]]:
     raise UserError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
-def _split_file(directory: Path, split: str) -> Path:
+def _split_file(directory: Path, split: str, name: str) -> Path:
     for suffix in SUFFIXES:
         if (directory / f"{split}{suffix}").is_file():
             return directory / f"{split}{suffix}"
-    raise UserError(f"{directory}: no file for split {split!r} ({split}.parquet/.jsonl/.json)")
+    raise missing_file(
+        f"file of split {split!r}", directory / f"{split}.parquet|.jsonl|.json",
+        f"--data {name}=...", f"a benchmark folder holds one file per split ({', '.join(SUFFIXES)})",
+    )  # fmt: skip
+
+
+def check_source(name: str, source: str | None) -> None:
+    """Fail before any model loads when ``source`` (``--data NAME=PATH``) is a local path
+    that does not exist: a path that cannot be a hub id (``owner/name``) is one."""
+    if source is None or Path(source).expanduser().exists():
+        return
+    parts = source.split("/")
+    hub_like = len(parts) == 2 and all(parts) and Path(source).suffix not in SUFFIXES
+    if not hub_like or source.startswith((".", "~")):
+        raise missing_file(
+            "benchmark data", source, f"--data {name}=...",
+            f"give a {'/'.join(SUFFIXES)} file or a folder with one file per split, or leave "
+            "--data out to read the hub copy",
+        )  # fmt: skip
 
 
 def _read_hub(bench: Benchmark, hub_id: str, split: str) -> list[dict[str, Any]]:
@@ -94,10 +106,11 @@ def _undecoded(ds: Any) -> Any:
 
 def read_records(bench: Benchmark, source: str | None) -> list[tuple[str, Path | None, list[dict]]]:
     """``(split, base_dir, records)`` for each split of ``bench`` from ``source``."""
+    check_source(bench.name, source)
     if source is not None and Path(source).expanduser().exists():
         path = Path(source).expanduser()
         if path.is_dir():
-            files = [(s, _split_file(path, s)) for s in bench.splits]
+            files = [(s, _split_file(path, s, bench.name)) for s in bench.splits]
         else:
             files = [(bench.splits[0], path)]
         return [(s, f.parent, _read_local(f)) for s, f in files]
@@ -116,6 +129,8 @@ def load_benchmark(
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     max_bad_frac: float | None = None,
     report: BadRowLog | None = None,
+    prompt_limit: Any = None,
+    template: str | None = None,
 ) -> list[Row]:
     """Problem rows of benchmark ``name``: the first ``limit`` usable rows per split if
     given.
@@ -129,7 +144,9 @@ def load_benchmark(
     split, row and file, and logged once. More than ``max_bad_frac`` bad rows (None: no
     limit), or none usable, is a :class:`UserError` naming the first bad rows.
     ``images=False`` skips opening images (scoring only). Images are downscaled to
-    ``max_pixels`` as they are decoded.
+    ``max_pixels`` as they are decoded. A row whose prompt, built with ``template``
+    (default the benchmark's own), is over ``prompt_limit`` (a
+    :class:`~mhpo_vl.models.processors.PromptLimit`; None: no limit) is bad too.
     """
     bench = BENCHMARKS.get(name)
     label = f"{name} ({source or bench.hub_id})"
@@ -145,9 +162,13 @@ def load_benchmark(
         splits = [(bench.splits[0], None, bench.loader(bench, limit), True)]
     else:
         splits = [(s, d, recs, False) for s, d, recs in read_records(bench, source)]
+    if prompt_limit is not None:
+        prompt_limit = prompt_limit.with_template(template or bench.template)
     rows: list[Row] = []
     for split, base_dir, records, converted in splits:
-        reader = _RecordReader(bench, split, base_dir, images, limits, report, converted)
+        reader = _RecordReader(
+            bench, split, base_dir, images, limits, report, converted, prompt_limit
+        )
         rows += reader.rows(records, limit)
     report.announce()
     if not rows:
@@ -168,6 +189,7 @@ class _RecordReader:
     limits: dict[str, Any]
     report: BadRowLog
     converted: bool  # records are rows already (an embedded loader's output)
+    prompt_limit: Any = None  # a PromptLimit with the benchmark's template, or None
 
     def rows(self, records: list[dict[str, Any]], limit: int | None) -> list[Row]:
         out: list[Row] = []
@@ -203,6 +225,17 @@ class _RecordReader:
             except ImageRejected as exc:
                 return self._bad(name, exc.reason, exc.detail, exc.file, "decode")
             self.report.decoded += 1
+        return self._fitting(name, row)
+
+    def _fitting(self, name: str, row: Row) -> Row | None:
+        """``row``, or None (recorded) when its prompt is over the prompt limit."""
+        if self.prompt_limit is None:
+            return row
+        image = row.get("image")
+        size = image.size if image is not None and hasattr(image, "size") else None
+        detail = self.prompt_limit.problem(row, size)
+        if detail is not None:
+            return self._bad(name, "prompt_too_long", detail, None)
         return row
 
     def _bad(

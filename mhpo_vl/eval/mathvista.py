@@ -27,12 +27,13 @@ Two ways to score:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mhpo_vl.errors import UserError
+from mhpo_vl.eval import safejson
 from mhpo_vl.eval.reading import extract_for_eval
 from mhpo_vl.rewards.extract import clean, lines, tail
 from mhpo_vl.rewards.normalize import PAREN_LETTER, normalize_row_answer
@@ -51,6 +52,24 @@ BREAKDOWN_KEYS = (
 )
 FALLBACKS = ("official", "none")
 REQUIRED = ("question", "answer", "question_type", "answer_type", "choices")
+QUESTION_TYPES = ("multi_choice", "free_form")
+ANSWER_TYPES = ("text", "integer", "float", "list")
+MAX_MALFORMED = 0.05  # default --max-malformed: the share of items that may be malformed
+SHOW = 5  # malformed items named in a message
+_NULL = type(None)
+# field -> (the JSON types it may have, as words); bool is never a number here
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "question": ((str,), "a string"),
+    "answer": ((str, int, float), "a string or number"),
+    "question_type": ((str,), "a string"),
+    "answer_type": ((str,), "a string"),
+    "choices": ((list, _NULL), "a list or null"),
+    "unit": ((str, _NULL), "a string or null"),
+    "precision": ((int, float, _NULL), "a number or null"),
+    "response": ((str, _NULL), "a string or null"),
+    "extraction": ((str, int, float, _NULL), "a string, number or null"),
+    "metadata": ((dict, _NULL), "an object or null"),
+}
 GOLD_FIELDS = (
     "question",
     "image",
@@ -106,47 +125,104 @@ class ScoreSummary:
     correct: int = 0
     missing_response: list[str] = field(default_factory=list)
     missing_extraction: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)  # "pid 'x': what is wrong", not scored
+    items: int = 0  # items in the file, malformed ones included
+
+
+# where each file's path comes from, and what to do when it is not there
+_SOURCES = {
+    "predictions": ("PREDICTIONS argument", "give the path of a MathVista output file"),
+    "annotations": ("--annotations", "give the path of MathVista's testmini.json or drop the flag"),
+}
 
 
 def read_json(path: str | Path, what: str) -> Any:
-    """Parse a JSON file; a missing file or bad JSON is a one-line :class:`UserError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    """Parse a JSON file (nesting bounded: :mod:`mhpo_vl.eval.safejson`); a missing file,
+    bad JSON or JSON nested too deep is a one-line :class:`UserError`."""
+    where, fix = _SOURCES.get(what, ("written by eval score", "run eval score again"))
+    return safejson.read_json(path, f"{what} file", where, fix)
 
 
-def validate_items(
+def item_problem(item: Any) -> str | None:
+    """What is wrong with one item (gold fields filled in), or None: a missing key, a
+    field of the wrong JSON type, a value outside MathVista's vocabulary, a
+    ``multi_choice`` item without choices, a ``float`` answer without precision."""
+    if not isinstance(item, dict):
+        return "item is not a JSON object"
+    for key in REQUIRED:
+        if key not in item:
+            return f"missing key {key!r}"
+    for key, (types, words) in FIELD_TYPES.items():
+        if key in item and type(item[key]) not in types:
+            return f"{key!r} must be {words}, got {type(item[key]).__name__}"
+    return _value_problem(item)
+
+
+def _value_problem(item: Mapping[str, Any]) -> str | None:
+    for key, valid in (("question_type", QUESTION_TYPES), ("answer_type", ANSWER_TYPES)):
+        if item[key] not in valid:
+            return f"{key} {item[key]!r} is not one of {', '.join(valid)}"
+    choices = item["choices"]
+    for i, choice in enumerate(choices or []):
+        if type(choice) not in (str, int, float):
+            return f"'choices' item {i} must be a string or number, got {type(choice).__name__}"
+    if item["question_type"] == "multi_choice" and not choices:
+        return "multi_choice item needs a 'choices' list"
+    if item["answer_type"] == "float" and item.get("precision") is None:
+        return "float answer needs 'precision'"
+    return None
+
+
+def check_items(
     data: Any, path: str | Path, annotations: Mapping[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Check the ``pid -> item`` layout and fill gold fields from ``annotations``.
-
-    With annotations, their gold fields win over the file's (the file may carry only
-    ``response``); a pid missing from them is an error.
-    """
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The well-formed items of a ``pid -> item`` file, gold fields filled from
+    ``annotations`` (theirs win: the file may carry only ``response``), and each
+    malformed item named (``pid 'x': what is wrong``). Not an object at all, or empty,
+    is a :class:`UserError`."""
     if not isinstance(data, dict) or not data:
         raise UserError(f"{path}: expected a non-empty JSON object mapping pid -> item")
     items: dict[str, dict[str, Any]] = {}
+    malformed: list[str] = []
     for pid, item in data.items():
-        if not isinstance(item, dict):
-            raise UserError(f"{path}: pid {pid!r}: item is not a JSON object")
-        item = dict(item)
-        if annotations is not None:
+        if isinstance(item, dict) and annotations is not None:
             gold = annotations.get(str(pid))
             if not isinstance(gold, dict):
-                raise UserError(f"{path}: pid {pid!r} is not in the annotations")
-            item.update({k: gold[k] for k in GOLD_FIELDS if k in gold})
-        for key in REQUIRED:
-            if key not in item:
-                raise UserError(f"{path}: pid {pid!r}: missing key {key!r}")
-        if item["question_type"] == "multi_choice" and not isinstance(item["choices"], list):
-            raise UserError(f"{path}: pid {pid!r}: multi_choice item needs a 'choices' list")
-        if item["answer_type"] == "float" and item.get("precision") is None:
-            raise UserError(f"{path}: pid {pid!r}: float answer needs 'precision'")
-        items[str(pid)] = item
+                malformed.append(f"pid {pid!r} is not in the annotations")
+                continue
+            item = {**item, **{k: gold[k] for k in GOLD_FIELDS if k in gold}}
+        problem = item_problem(item)
+        if problem is not None:
+            malformed.append(f"pid {pid!r}: {problem}")
+        else:
+            items[str(pid)] = dict(item)
+    return items, malformed
+
+
+def judge_malformed(malformed: Sequence[str], total: int, max_malformed: float, path: Any) -> None:
+    """A one-line :class:`UserError` when more than ``max_malformed`` of ``total`` items
+    are malformed, naming the first few."""
+    frac = len(malformed) / total if total else 0.0
+    if not malformed or frac <= max_malformed:
+        return
+    more = f"; ... {len(malformed) - SHOW} more" if len(malformed) > SHOW else ""
+    raise UserError(
+        f"{path}: {len(malformed)} of {total} items are malformed ({frac:.1%}), over "
+        f"--max-malformed {max_malformed:g}: {'; '.join(malformed[:SHOW])}{more}; fix "
+        "these items or raise --max-malformed"
+    )
+
+
+def validate_items(
+    data: Any,
+    path: str | Path,
+    annotations: Mapping[str, Any] | None = None,
+    max_malformed: float = 0.0,
+) -> dict[str, dict[str, Any]]:
+    """The well-formed items (:func:`check_items`); more than ``max_malformed`` malformed
+    ones (default: any) is a :class:`UserError` naming them."""
+    items, malformed = check_items(data, path, annotations)
+    judge_malformed(malformed, len(data), max_malformed, path)
     return items
 
 
@@ -300,13 +376,20 @@ def score_file(
     use_extraction: bool = False,
     annotations: str | Path | None = None,
     fallback: str = "official",
+    max_malformed: float = MAX_MALFORMED,
 ) -> tuple[dict[str, Any], ScoreSummary]:
-    """Score a MathVista output file; write ``out_dir/output.json`` and ``scores.json``."""
+    """Score a MathVista output file; write ``out_dir/output.json`` and ``scores.json``.
+
+    Malformed items (:func:`item_problem`) are not scored: they are named in the
+    summary, and more than ``max_malformed`` of them is a :class:`UserError`."""
     gold = read_json(annotations, "annotations") if annotations else None
     if gold is not None and not isinstance(gold, dict):
         raise UserError(f"{annotations}: expected a JSON object mapping pid -> annotation")
-    items = validate_items(read_json(predictions, "predictions"), predictions, gold)
+    data = read_json(predictions, "predictions")
+    items, malformed = check_items(data, predictions, gold)
+    judge_malformed(malformed, len(data), max_malformed, predictions)
     results, summary = score_items(items, use_extraction, fallback)
+    summary.malformed, summary.items = malformed, len(data)
     scores = scores_layout(results)
     out = Path(out_dir)
     write_json(out / "output.json", results)

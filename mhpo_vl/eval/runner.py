@@ -195,13 +195,19 @@ def run_eval(
     limit: int | None = None,
     batch_size: int | None = None,
     seed: int = 0,
+    max_prompt_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Load the policy, sample and score every benchmark; write results and a table."""
-    from mhpo_vl.eval.loaders import load_benchmark
+    """Load the policy, sample and score every benchmark; write results and a table.
 
-    for name in benchmarks:
-        BENCHMARKS.get(name)  # unknown names fail before the model loads
+    Rows whose prompt is over ``max_prompt_tokens`` (default: what the model's context
+    leaves after ``max_new_tokens``) are dropped at load, counted and named."""
+    from mhpo_vl.eval.loaders import check_source, load_benchmark
+
+    for name in benchmarks:  # unknown names and missing files fail before the model loads
+        BENCHMARKS.get(name)
+        check_source(name, (data or {}).get(name))
     generate_fn = _engine_generate_fn(model, dtype, temperature, top_p, max_new_tokens, seed)
+    prompts = _prompt_limit(generate_fn, max_prompt_tokens, max_new_tokens, system)
     settings = {
         "model": {"path": model, "revision": revision, "dtype": dtype},
         "decoding": {
@@ -212,11 +218,13 @@ def run_eval(
             "seed": seed,
         },
         "limit": limit,
+        "max_prompt_tokens": prompts.max_tokens if prompts else None,
     }
     results = []
     for name in benchmarks:
         source = (data or {}).get(name)
-        rows = load_benchmark(name, source=source, limit=limit)
+        fit = {"prompt_limit": prompts, "template": template} if prompts else {}
+        rows = load_benchmark(name, source=source, limit=limit, **fit)
         result = evaluate(
             generate_fn,
             name,
@@ -229,16 +237,39 @@ def run_eval(
         )
         write_results(result, out_dir, rows)
         results.append(result)
+    write_summary(results, {**settings, "k": k, "template": template}, out_dir)
+    return results
+
+
+def write_summary(
+    results: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], out_dir: str | Path
+) -> None:
+    """``OUT/summary.json`` (settings, each benchmark's metrics) and ``OUT/table.md``."""
     summary = {
-        "settings": {**settings, "k": k, "template": template},
+        "settings": dict(settings),
         "metrics": {r["benchmark"]: r["metrics"] for r in results},
     }
     out = Path(out_dir)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    model = settings["model"]["path"]
     (out / "table.md").write_text(
         results_table(results, Path(model).name or model), encoding="utf-8"
     )
-    return results
+
+
+class _EngineGenerate:
+    """The policy's hf engine as a :data:`GenerateFn`; ``policy`` is what it samples."""
+
+    def __init__(self, policy: Any, temperature: float, top_p: float, max_new_tokens: int):
+        from mhpo_vl.rollout import HFEngine, SamplingParams
+
+        self.policy, self.engine = policy, HFEngine(policy)
+        self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        self._sampling = SamplingParams
+
+    def __call__(self, prompts: list[dict[str, Any]], k: int) -> list[str]:
+        params = self._sampling(n=k, **self.params)
+        return list(self.engine.generate(prompts, params).completions)
 
 
 def _engine_generate_fn(
@@ -247,16 +278,27 @@ def _engine_generate_fn(
     import torch
 
     from mhpo_vl.models import load_policy
-    from mhpo_vl.rollout import HFEngine, SamplingParams
 
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else None
-    engine = HFEngine(load_policy(model, dtype=dtype, device=device))
+    policy = load_policy(model, dtype=dtype, device=device)
+    return _EngineGenerate(policy, temperature, top_p, max_new_tokens)
 
-    def generate(prompts: list[dict[str, Any]], k: int) -> list[str]:
-        params = SamplingParams(
-            n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
-        )
-        return list(engine.generate(prompts, params).completions)
 
-    return generate
+def _prompt_limit(
+    generate_fn: GenerateFn, max_tokens: int | None, max_new_tokens: int, system: str | None
+) -> Any:
+    """The prompt limit of ``eval run`` for the policy ``generate_fn`` samples (None for
+    a generate function without one): ``max_tokens``, else what the model's context
+    leaves after ``max_new_tokens``."""
+    from mhpo_vl.models.processors import PromptLimit, context_budget
+
+    policy = getattr(generate_fn, "policy", None)
+    if policy is None:
+        return None
+    key = "--max-prompt-tokens"
+    if max_tokens is None:
+        max_tokens, key = context_budget(policy.model.config, max_new_tokens, "--max-new-tokens")
+        if max_tokens is None:
+            return None
+    return PromptLimit(policy.processor, policy.is_vision, max_tokens, "plain", system, key)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mhpo_vl.config import DTYPE_NAMES
-from mhpo_vl.errors import UserError
+from mhpo_vl.errors import UserError, missing_file
 from mhpo_vl.models.processors import load_vl_processor
 from mhpo_vl.qwen import TEXT_MODEL_TYPES, VL_MODEL_TYPES
 
@@ -66,7 +66,8 @@ def _check_path(path: str) -> None:
     if os.path.exists(path):
         raise UserError(f"model path {path!r} is not a directory")
     if path.startswith((".", "/", "~")) or path.count("/") != 1 or "\\" in path:
-        raise UserError(f"model path {path!r} does not exist (nor is it a hub id 'org/name')")
+        fix = "give a model folder (a checkpoint-<step>/ too), a hub id (org/name) or embedded:tiny-vl"
+        raise missing_file("model", path, "model.path or --model", fix)
 
 
 def _model_type(path: str, trust_remote_code: bool) -> str:

@@ -38,11 +38,11 @@ class Parallel:
     # the processes' rollout tries, micro-batches and eval batches in step
     lockstep = False
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, timeout: float | None = None) -> None:
         from accelerate import Accelerator
 
         self.cfg = cfg
-        init_process_group(cfg)
+        init_process_group(cfg, timeout)
         # mixed_precision "no": the policy autocasts itself (Policy.autocast); a user's
         # accelerate config or ACCELERATE_MIXED_PRECISION must not wrap a second
         # autocast around it
@@ -216,11 +216,16 @@ def backend_for(device_type: str, cpu_offload: bool) -> str:
     return "cuda:nccl,cpu:gloo" if cpu_offload else "nccl"
 
 
-def init_process_group(cfg: Any) -> None:
+def init_process_group(cfg: Any, timeout: float | None = None) -> None:
     """Join the group ``torchrun`` / ``accelerate launch`` describes (``WORLD_SIZE`` > 1),
-    on this process's GPU, with :func:`backend_for`'s backend; nothing when the group is
-    up already or there is one process."""
+    on this process's GPU, with :func:`backend_for`'s backend and collectives that give
+    up after ``timeout`` seconds (None: torch's default); nothing when the group is up
+    already or there is one process. Each process records who it is for the others
+    (:func:`.faults.register`)."""
+    import datetime
     import os
+
+    from mhpo_vl.parallel import faults
 
     dist = torch.distributed
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
@@ -228,7 +233,9 @@ def init_process_group(cfg: Any) -> None:
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    join_group(backend=backend_for(device_type, cfg.cpu_offload))
+    limit = {} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}
+    join_group(backend=backend_for(device_type, cfg.cpu_offload), **limit)
+    faults.register()
 
 
 def join_group(**kwargs: Any) -> None:
@@ -292,11 +299,12 @@ def trainable(model: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
     return (p for p in model.parameters() if p.requires_grad)
 
 
-def build_parallel(cfg: Any) -> Parallel:
-    """The recipe's ``parallel`` section -> its strategy, with the process group up."""
+def build_parallel(cfg: Any, timeout: float | None = None) -> Parallel:
+    """The recipe's ``parallel`` section -> its strategy, with the process group up
+    (collectives give up after ``timeout`` seconds: ``trainer.collective_timeout``)."""
     from mhpo_vl.parallel import ddp, fsdp  # noqa: F401  (register the strategies)
 
-    return STRATEGIES.get(cfg.strategy)(cfg)
+    return STRATEGIES.get(cfg.strategy)(cfg, timeout)
 
 
 __all__ = [

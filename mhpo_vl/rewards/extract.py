@@ -32,6 +32,12 @@ that size. The patterns are linear besides: no two adjacent quantifiers can shar
 character, no optional group sits between two whitespace runs, and what can be found
 with ``str.find`` (tags) or one pass (braces) is.
 
+Long answers. Within those characters nothing is cut: a phrase's answer is read to the
+end of its line and a list at any length. An answer that opens before them (one longer
+than :data:`TAIL_CHARS`, or one followed by that much text) would be read from its cut
+end, or missed for something earlier; :func:`unread_answer` names such a response, and
+the verifiers refuse it (score 0, counted by the caller) rather than misread it.
+
 The second half of the module describes what a span *names* (choices, numbers, the
 sides of an equation); :mod:`mhpo_vl.rewards.verifiers` uses it to refuse answers that
 name more than one candidate.
@@ -47,7 +53,6 @@ from typing import NamedTuple
 from mhpo_vl.rewards.normalize import PAREN_LETTER
 
 TAIL_CHARS = 8_000  # every extraction reads only this many last characters: answers come last
-PHRASE_CHARS = 300  # what follows "the answer is" is read up to this many characters
 MAX_MARKS = 16  # answer_marks returns at most this many (the last ones): bounded work each
 MAX_ARITH_TOKENS = 64  # longer arithmetic is not evaluated (and so not trusted)
 MAX_POWER = 64.0  # |exponent| and ...
@@ -64,7 +69,7 @@ _PHRASE_WORDS = (
 _PHRASE = re.compile(
     _PHRASE_WORDS
     + r"(?:\s+(?:is|are|would\s+be|should\s+be|will\s+be)|\s*(?:is\s*)?[:：=]|\s*[是为])"
-    + rf"\s*(?:\\?\$\s*)?(?P<rest>[^\n]{{0,{PHRASE_CHARS}}})",
+    + r"\s*(?:\\?\$\s*)?(?P<rest>[^\n]*)",  # the rest of the line, however long
     re.IGNORECASE,
 )
 _CN_OPTION = re.compile(r"选项\s*(?P<rest>\(?[A-Z]\)?)(?![A-Za-z])")
@@ -76,7 +81,7 @@ _NUMBER = re.compile(
     r"|(?P<num>(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+)"
     r"(?:\s*(?:[eE]|[x×*]\s*10\s*\^)\s*\{?(?P<exp>[-+]?\d+)\}?)?"
 )
-_LIST = re.compile(r"\[([^\[\]]{0,2000})\]")
+_LIST = re.compile(r"\[([^\[\]]*)\]")  # linear: a body cannot hold the next "["
 DASHES = str.maketrans({"−": "-", "–": "-", "—": "-", "＄": "$", "，": ","})
 _SENTENCE_END = re.compile(r"[.!?;](?=\s|$)|[。！？；]")
 
@@ -84,6 +89,37 @@ _SENTENCE_END = re.compile(r"[.!?;](?=\s|$)|[。！？；]")
 def tail(text: str) -> str:
     """The last :data:`TAIL_CHARS` characters of ``text``: all that extraction reads."""
     return text[-TAIL_CHARS:]
+
+
+_TAG_OPEN = re.compile(r"<answer>", re.IGNORECASE)
+
+
+def unread_answer(text: str) -> str | None:
+    """Why the answer of ``text`` cannot be read, or None when it can.
+
+    Extraction reads the last :data:`TAIL_CHARS` characters. If they hold a complete
+    ``<answer>`` tag, it is the last one and is read in full; if not and a tag opens
+    before them, the last answer was cut (or lies wholly before them), so the response
+    is refused. Without tags the same goes for ``\\boxed{}``. Phrases ("the answer
+    is") are prose and never refuse. Linear: two searches of the text before the window.
+    """
+    cut = len(text) - TAIL_CHARS
+    if cut <= 0:
+        return None
+    window = text[cut:]
+    for what, opener, found in (
+        ("<answer>", _TAG_OPEN, tag_contents),
+        ("\\boxed{}", _BOXED, boxed_contents),
+    ):
+        if found(window):
+            return None
+        early = opener.search(text, 0, cut + 16)  # one that straddles the cut counts
+        if early is not None and early.start() < cut:
+            return (
+                f"its last {what} answer opens before the last {TAIL_CHARS:,} characters, "
+                "all that is read (an answer that long, or that much text after it)"
+            )
+    return None
 
 
 def tag_contents(text: str, tag: str = "answer") -> list[str]:
@@ -432,6 +468,30 @@ def side_by_side(text: str, mentions: Sequence[Mention]) -> bool:
         a.value != b.value and _CONNECTIVE.fullmatch(text[a.end : b.start]) is not None
         for a, b in zip(mentions, mentions[1:], strict=False)
     )
+
+
+# What separates listed values: ";", "," (not a thousands separator: "1,000"), "and", "or".
+LIST_SEP = re.compile(r"[;；，、]|,(?!\d{3}(?!\d))|\b(?:and|or)\b|或者|或|还是|和", re.IGNORECASE)
+
+
+def listed_parts(text: str) -> list[str]:
+    """``text`` split at each :data:`LIST_SEP` outside brackets, blank parts dropped:
+    the things it lists (``"x = 3, y = 5"`` -> ``["x = 3", " y = 5"]``; ``"(3, 5)"`` and
+    ``"\\{3, 5\\}"`` are one part each)."""
+    levels, depth = [], 0
+    for ch in text:
+        if ch in ")]}":
+            depth = max(depth - 1, 0)
+        levels.append(depth)
+        if ch in "([{":
+            depth += 1
+    parts, start = [], 0
+    for m in LIST_SEP.finditer(text):
+        if levels[m.start()] == 0:
+            parts.append(text[start : m.start()])
+            start = m.end()
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
 
 
 def same_value(a: float, b: float) -> bool:

@@ -25,6 +25,19 @@ PAREN_LETTER = re.compile(r"\(([a-zA-Z])\)")  # "(B)": the official letter patte
 MAX_EDIT_CHARS = 500
 
 
+def choice_letter_index(gold: str) -> int | None:
+    """The choice a one-character gold names by letter: ``"A"``/``"a"`` -> 0 ... ``"Z"``/
+    ``"z"`` -> 25; None for anything else.
+
+    Only ASCII letters are letters here. ``str.upper`` maps some characters to several
+    (``"ß"`` -> ``"SS"``) or to an ASCII letter (``"ı"`` -> ``"I"``, ``"ſ"`` -> ``"S"``),
+    so ``ord(gold.upper()) - 65`` either raised or named a choice the data never meant.
+    Shared by the loader's row check and the verifiers, so the two cannot disagree."""
+    if len(gold) == 1 and gold.isascii() and gold.isalpha():
+        return ord(gold.upper()) - ord("A")
+    return None
+
+
 def levenshtein(a: str, b: str) -> int:
     """Edit distance (insert, delete, substitute all cost 1) between the first
     :data:`MAX_EDIT_CHARS` characters of ``a`` and of ``b``."""

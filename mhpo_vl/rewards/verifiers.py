@@ -25,6 +25,20 @@ whatever the gold; otherwise it scores 0 even when the gold is among what it nam
 - an equation names the value of its last side, and every other side must equal it or
   be a name: ``x = 5`` and ``3 + 2 = 5`` state 5; ``6 = 5`` states nothing true.
   ``5 = 5`` scores: it names only 5 and is true, so refusing it would stop no hedge.
+  A side that lists things (split at ``,`` ``;`` "and" "or" outside brackets, a
+  thousands separator such as ``1,000`` aside) must have each of them equal the value
+  or be a name: ``x = 3, y = 5`` names 3 and 5, so it loses for gold 5 (it used to be
+  read as "the value after the last ``=``");
+- a free-form answer to a gold that is one value (no ``,`` ``;`` "and" "or" anywhere in
+  it) must not list several different things: ``3, 5`` and ``x = 3, y = 5`` lose. A
+  gold that holds several values (``3, 5``, ``(3, 5)``, ``\\{1, 2\\}``) is matched as
+  a whole, by text or by math-verify: ``3, 5`` scores for gold ``(3, 5)``.
+
+Long answers: only the last :data:`~mhpo_vl.rewards.extract.TAIL_CHARS` characters are
+read, and within them every answer in full. A response whose last answer tag (else box)
+opens before them is refused: it scores 0, and :func:`~mhpo_vl.rewards.loading.
+score_rewards` counts it (``refused``, :func:`~mhpo_vl.rewards.extract.unread_answer`
+says why); it is never read from its cut end. A correct 100,001-digit answer is refused.
 
 Verifiers never raise, except when math-verify cannot run at all
 (:class:`~mhpo_vl.rewards.mathcheck.VerifierUnavailable`): an answer the checker cannot
@@ -41,6 +55,7 @@ from typing import Any
 from mhpo_vl.registry import Registry
 from mhpo_vl.rewards.extract import (
     HEDGE_WORD,
+    LIST_SEP,
     PAREN_LETTER,
     Mention,
     answer_marks,
@@ -53,6 +68,7 @@ from mhpo_vl.rewards.extract import (
     last_phrase,
     last_tag_content,
     lines,
+    listed_parts,
     match_choice,
     number_mentions,
     resolve,
@@ -61,12 +77,19 @@ from mhpo_vl.rewards.extract import (
     side_value,
     split_equation,
     tail,
+    unread_answer,
 )
 from mhpo_vl.rewards.mathcheck import VerifierUnavailable, math_equal
-from mhpo_vl.rewards.normalize import normalize_answer, normalize_choice
+from mhpo_vl.rewards.normalize import choice_letter_index, normalize_answer, normalize_choice
 
 RewardFn = Callable[[str, Mapping[str, Any]], float]
 REWARDS: Registry[RewardFn] = Registry("reward")
+# linear string checks that call no math-verify and cannot hang: training calls them in
+# its own process; every other reward runs in a worker under the step's deadline
+CHEAP_REWARDS = frozenset({"answer_format", "think_answer_format"})
+# rewards that read the answer: a 0 from one of them for a response whose answer lies
+# outside what is read is counted as a refusal (extract.unread_answer)
+READS_ANSWER = frozenset({"accuracy", "multiple_choice", "math_answer", "choice_letters"})
 
 TYPED = ("integer", "float", "list")
 MAX_CHECKED_ANSWERS = 3  # distinct free-form answers verified one by one; more lose
@@ -101,11 +124,13 @@ class Judgement:
 
 
 def gold_choice(row: Mapping[str, Any]) -> str:
-    """The gold choice text; a gold given as a letter (MathVision style) is mapped."""
+    """The gold choice text; a gold given as an ASCII letter (MathVision style) is mapped
+    (:func:`~mhpo_vl.rewards.normalize.choice_letter_index`)."""
     choices = [str(c) for c in row["choices"]]
     gold = str(row["answer"]).strip()
-    if gold not in choices and len(gold) == 1 and 0 <= ord(gold.upper()) - 65 < len(choices):
-        return choices[ord(gold.upper()) - 65]
+    index = choice_letter_index(gold)
+    if gold not in choices and index is not None and index < len(choices):
+        return choices[index]
     return gold
 
 
@@ -266,8 +291,12 @@ def _is_operand(text: str, m: Mention) -> bool:
 
 
 def _side_agrees(side: str, value: float) -> bool:
-    stated = side_value(side)
-    return stated is None or same_value(stated, value)
+    """Each thing a side lists is a name or equals ``value`` (``"3, y"`` names 3)."""
+    for part in listed_parts(side):
+        stated = side_value(part)
+        if stated is not None and not same_value(stated, value):
+            return False
+    return True
 
 
 def commits_to_number(response: str, answer_type: str) -> bool:
@@ -297,7 +326,7 @@ def _number_key(span: str, answer_type: str) -> Hashable | None:
 def _names_one_number(span: str, answer_type: str, strict: bool, last: bool = False) -> bool:
     if answer_type != "list":
         return states_one_number(span, strict, last)
-    lists = {last_list(f"[{body}]") for body in re.findall(r"\[([^\[\]]{0,2000})\]", span)}
+    lists = {last_list(f"[{body}]") for body in re.findall(r"\[([^\[\]]*)\]", span)}
     return len(lists - {None}) <= 1
 
 
@@ -335,13 +364,22 @@ def free_answer_equals(span: str, gold: str) -> bool:
     side of an equation is a name or equal to the gold (math-verify, time-bounded)."""
     if _same_text(span, gold):
         return True
-    if not is_one_expression(span, gold):
+    if not is_one_expression(span, gold) or lists_several(span, gold):
         return False
     sides = split_equation(span)
     if len(sides) > MAX_SIDES:
         return False
     others = [s for s in sides[:-1] if not _is_name(s) and not _same_text(s, gold)]
     return all(_side_equals(s, gold) for s in others) and math_equal(gold, span)
+
+
+def lists_several(span: str, gold: str) -> bool:
+    """Whether ``span`` lists different things (:func:`~mhpo_vl.rewards.extract.
+    listed_parts`) where the gold is one value: a gold with a separator anywhere
+    ("3, 5", "(3, 5)") holds several and is matched as a whole instead."""
+    if LIST_SEP.search(gold):
+        return False
+    return len({_free_key(part) for part in listed_parts(clean(span))}) > 1
 
 
 def _side_equals(side: str, gold: str) -> bool:
@@ -394,8 +432,9 @@ def _prose_answer_equals(span: str, gold: str) -> bool:
 def judge(response: str | None, row: Mapping[str, Any]) -> Judgement:
     """Extract, normalize and verify one response (see the module docstring).
 
-    Only the last :data:`~mhpo_vl.rewards.extract.TAIL_CHARS` characters are read."""
-    if not response or not str(response).strip():
+    Only the last :data:`~mhpo_vl.rewards.extract.TAIL_CHARS` characters are read; a
+    response whose answer opens before them is wrong (:func:`unread_answer`)."""
+    if not response or not str(response).strip() or unread_answer(str(response)):
         return Judgement(None, None, False)
     response = tail(str(response))
     gold = str(row["answer"]).strip()
@@ -455,6 +494,8 @@ def choice_letters(response: str, row: Mapping[str, Any]) -> float:
     answer the response marks must give the same letters."""
 
     def check() -> bool:
+        if unread_answer(str(response or "")):
+            return False
         text = tail(str(response or ""))
         span = answer_span(text)
         if span is None:

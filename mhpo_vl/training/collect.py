@@ -76,14 +76,19 @@ def rollout(run: Run, rows: list[dict[str, Any]]) -> ScoredBatch:
     rows_B = [row for row in rows for _ in range(G)]
     specs = [(r.name, r.weight) for r in cfg.rewards]
     failures: dict[str, tuple[int, str]] = {}
-    total, parts = score_rewards(specs, batch.completions, rows_B, failures)
+    # one deadline per step: dynamic sampling's later tries get what the first left
+    budget = max(cfg.trainer.reward_step_timeout - run.timings["reward"], 0.001)
+    total, parts = score_rewards(
+        specs, batch.completions, rows_B, failures, budget, cfg.trainer.reward_workers
+    )
     run.reward_calls += len(rows_B)
     for name, (count, first) in failures.items():
         run.reward_failures.setdefault(name, [0, first])[0] += count
     run.timings["generate"] += t1 - t0
     run.timings["reward"] += time.perf_counter() - t1
     device = batch.input_ids.device  # everything per-sequence lives with the batch
-    rewards_B = torch.tensor(total, dtype=torch.float32, device=device)
+    # float64: a finite reward beyond float32 (1e39) stays finite; advantages are float32
+    rewards_B = torch.tensor(total, dtype=torch.float64, device=device)
     ov = cfg.algorithm.overlong
     if ov.enabled:
         lengths = batch.response_lengths.tolist()
@@ -92,7 +97,7 @@ def rollout(run: Run, rows: list[dict[str, Any]]) -> ScoredBatch:
             for n in lengths
         ]
         parts["overlong"] = pen
-        rewards_B = rewards_B + torch.tensor(pen, dtype=torch.float32, device=device)
+        rewards_B = rewards_B + torch.tensor(pen, dtype=torch.float64, device=device)
     return ScoredBatch(batch, rewards_B, parts, rows_B)
 
 

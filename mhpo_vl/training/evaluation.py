@@ -21,11 +21,11 @@ Suite = tuple[str, Any, list[dict]]  # (metric prefix, benchmark, rows)
 
 
 def eval_suites(
-    cfg: Recipe, eval_set: ProblemSet | None
+    cfg: Recipe, eval_set: ProblemSet | None, prompt_limit: Any = None
 ) -> tuple[list[Suite], dict[str, BadRowLog]]:
     """(metric prefix, benchmark, rows) for the held-out split and each ``eval.benchmarks``
-    entry, loaded once (bad rows dropped like the train split's); also each benchmark's
-    bad-row report."""
+    entry, loaded once (bad rows dropped like the train split's, prompts over
+    ``prompt_limit`` too); also each benchmark's bad-row report."""
     from mhpo_vl.eval.benchmarks import BENCHMARKS, Benchmark
     from mhpo_vl.eval.loaders import load_benchmark
 
@@ -40,7 +40,10 @@ def eval_suites(
     reports = {}
     for name in cfg.eval.benchmarks:
         reports[name] = BadRowLog(f"eval.benchmarks.{name}", name)
-        rows = load_benchmark(name, limit=cfg.eval.size, report=reports[name], **cfg.data.limits())
+        rows = load_benchmark(
+            name, limit=cfg.eval.size, report=reports[name], prompt_limit=prompt_limit,
+            **cfg.data.limits(),
+        )  # fmt: skip
         suites.append((f"eval/{name}/accuracy", BENCHMARKS.get(name), rows))
     return suites, reports
 

@@ -47,7 +47,9 @@ REDUCTIONS: tuple[Reduction, ...] = (
         "micro-batch losses add up to their minibatch's loss; the mean over updates",
     ),  # fmt: skip
     Reduction("skipped_steps", "sum", "mean", "a count; every process skips together"),
-    Reduction(r"reward_failures/.*", "mean", "sum", "each process counts its own calls"),
+    Reduction(
+        r"reward_(?:failures|cut_off|refused)/.*", "mean", "sum", "each process counts its own"
+    ),
     Reduction(r".*", "mean", "mean", "everything else"),
 )
 
@@ -117,6 +119,9 @@ def rollout_metrics(scored: ScoredBatch, zero_var_frac: float) -> dict[str, floa
     for name, counts in reward_stats().items():  # cumulative, so a failing verifier shows
         if counts["failures"]:
             out[f"reward_failures/{name}"] = float(counts["failures"])
+        for kind in ("cut_off", "refused"):  # at the step deadline; answers not read
+            if counts.get(kind):
+                out[f"reward_{kind}/{name}"] = float(counts[kind])
     return out
 
 
@@ -124,10 +129,12 @@ def reward_failure_fracs(run: Run, step: int) -> dict[str, float]:
     """Each failing reward's fraction of this step's calls (over every process); stop the
     run when one reaches ``trainer.max_reward_fail_frac``, naming it and a failure."""
     calls, failures = 0, {}
-    for item in run.par.gather({"calls": run.reward_calls, "failures": run.reward_failures}):
+    gathered = run.par.gather({"calls": run.reward_calls, "failures": run.reward_failures})
+    for rank, item in enumerate(gathered):
         calls += item["calls"]
         for name, (count, first) in item["failures"].items():
-            failures.setdefault(name, [0, first])[0] += count
+            where = f"rank {rank}: " if len(gathered) > 1 else ""  # whose first failure
+            failures.setdefault(name, [0, where + first])[0] += count
     limit = run.cfg.trainer.max_reward_fail_frac
     fracs = {f"reward_fail_frac/{n}": c / max(calls, 1) for n, (c, _) in failures.items()}
     for name, (count, first) in failures.items():

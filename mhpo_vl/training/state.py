@@ -17,10 +17,12 @@ from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
 from mhpo_vl.errors import RunHalted, UserError
 from mhpo_vl.models import Policy, load_policy
 from mhpo_vl.models.policy import keep_weight_names, vision_tower, weight_names
+from mhpo_vl.models.processors import prompt_limit
 from mhpo_vl.parallel import Parallel, build_parallel
 from mhpo_vl.rollout import RolloutEngine, build_engine
 from mhpo_vl.tracking import RunLogger
 from mhpo_vl.training.evaluation import Suite, eval_suites
+from mhpo_vl.training.rundir import RECIPE_FILE, RunLock, check_resume
 
 log = logging.getLogger("mhpo_vl")
 
@@ -50,6 +52,13 @@ class Run:
     # this step's reward calls and failures: name -> [count, first failure's description]
     reward_calls: int = 0
     reward_failures: dict[str, list] = field(default_factory=dict)
+    lock: RunLock | None = None  # on the output directory, held by the main process
+
+    def close(self) -> None:
+        """End the run's hold on its outputs: the logger's files, then the lock."""
+        self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def generate_in_step(self) -> bool:
@@ -115,13 +124,52 @@ def setup(cfg: Recipe) -> Run:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     _check_verifiers()
-    par = build_parallel(cfg.parallel)
+    par = build_parallel(cfg.parallel, cfg.trainer.collective_timeout)
+    out = Path(cfg.trainer.output_dir)
+    lock = take_lock(out, par)  # before anything in the directory is touched
+    try:
+        return _build(cfg, par, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def take_lock(out: Path, par: Parallel) -> RunLock:
+    """The main process locks ``out`` for the run; every process stops if it cannot."""
+    lock = RunLock(out)
+    refused = ""
+    if par.is_main:
+        try:
+            lock.acquire()
+        except UserError as exc:
+            refused = str(exc)
+    refused = par.gather(refused)[0]
+    if refused:
+        raise UserError(refused)
+    return lock
+
+
+def _start_over(out: Path, par: Parallel) -> None:
+    """``trainer.resume=false``: the directory's checkpoints of an earlier run are
+    removed, so that neither a later resume nor the pruning of old ones mixes them in."""
+    if par.is_main:
+        for _, path in checkpoint.list_checkpoints(out):
+            checkpoint.remove(path)
+            log.info("removed %s (trainer.resume=false: starting over)", path)
+    par.barrier()
+
+
+def _build(cfg: Recipe, par: Parallel, lock: RunLock) -> Run:
     out = Path(cfg.trainer.output_dir)
     if par.is_main:
         for name in checkpoint.clean_leftovers(out):  # of a save or prune that was killed
             log.info("removed %s, left by an interrupted run", out / name)
     par.barrier()
     ckpt = checkpoint.latest_checkpoint(out) if cfg.trainer.resume else None
+    if ckpt is not None:  # before loading anything: a mixed resume stops here
+        check_resume(ckpt, cfg)
+    elif not cfg.trainer.resume:
+        _start_over(out, par)
     # Each process samples its own stream (rollouts of one prompt on two ranks must
     # differ); the weights do not depend on it (loaded, or broadcast from rank 0).
     torch.manual_seed(cfg.seed + par.rank)
@@ -136,10 +184,11 @@ def setup(cfg: Recipe) -> Run:
     if cfg.algorithm.kl_coef > 0:
         ref = par.load(lambda dev: _load_policy(m.path, cfg, dev, m.dtype))
         ref.model.requires_grad_(False).eval()
-    train_set = load_problems(cfg.data.train, "data.train", **cfg.data.limits())
+    limits = {**cfg.data.limits(), "prompt_limit": prompt_limit(policy, cfg)}  # checked at load
+    train_set = load_problems(cfg.data.train, "data.train", **limits)
     eval_set = None
     if cfg.data.eval is not None:
-        eval_set = load_problems(cfg.data.eval, "data.eval", **cfg.data.limits())
+        eval_set = load_problems(cfg.data.eval, "data.eval", **limits)
     o = cfg.optim
 
     def make_optimizer(params: list) -> torch.optim.Optimizer:
@@ -161,14 +210,17 @@ def setup(cfg: Recipe) -> Run:
         cfg, par, policy, model, ref, optimizer, scheduler, engine,
         train_set, eval_set, EpochSampler(len(train_set), cfg.seed),
         RunLogger(out, enabled=par.is_main, tensorboard=cfg.trainer.tensorboard),
-        *eval_suites(cfg, eval_set), scaler,
+        *eval_suites(cfg, eval_set, limits["prompt_limit"]), scaler, lock=lock,
     )  # fmt: skip
     if ckpt is not None:
         _restore(run, ckpt)
     else:  # a fresh start: records of an earlier attempt that never checkpointed go
         run.logger.truncate_after(-1)
     if par.is_main:
-        dump_recipe(cfg, out / "config.yaml")
+        try:
+            dump_recipe(cfg, out / "config.yaml")
+        except OSError as exc:
+            raise checkpoint.write_failure(out / "config.yaml", exc, out) from None
         log.info(
             "training on %d process(es) (%s), device %s, %s compute, %s parameters",
             par.world, par.name, par.device, m.dtype, m.master_dtype,
@@ -231,6 +283,7 @@ def save(run: Run, step: int) -> None:
             if optimizer is not None:
                 state["optimizer"] = optimizer
             run.policy.processor.save_pretrained(folder)
+            dump_recipe(run.cfg, folder / RECIPE_FILE)  # a resume with another is refused
             checkpoint.save_state(state, folder / checkpoint.STATE_FILE)
 
     path = checkpoint.write_checkpoint(t.output_dir, step, write, t.keep_last, group=par)

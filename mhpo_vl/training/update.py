@@ -253,13 +253,24 @@ def optimizer_step(run: Run, loss_finite: bool) -> tuple[float, bool]:
     if skipped:
         run.skips["consecutive"] += 1
         run.skips["total"] += 1
-        run.skips["last_bad"] = "loss" if not loss_finite else f"gradient norm {grad_norm}"
+        run.skips["last_bad"] = _what_was_bad(run, loss_finite, grad_norm)
     else:
         run.scaler.step(run.optimizer)
         run.skips["consecutive"] = 0
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     return grad_norm, skipped
+
+
+def _what_was_bad(run: Run, loss_finite: bool, grad_norm: float) -> str:
+    """ "loss" or "gradient norm X", and on several processes where the loss was not
+    finite (every process skips alike; the gradients mixed it everywhere)."""
+    what = "loss" if not loss_finite else f"gradient norm {grad_norm}"
+    if run.par.world > 1:
+        bad = [r for r, ok in enumerate(run.par.gather(loss_finite)) if not ok]
+        if bad:
+            what = f"loss on rank {', '.join(map(str, bad))}"
+    return what
 
 
 def check_skips(run: Run, step: int) -> None:
