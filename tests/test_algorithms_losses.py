@@ -58,17 +58,19 @@ def test_documented_parameter_defaults():
     assert defaults["sapo"] == {"tau_pos": 1.0, "tau_neg": 1.05}
     assert defaults["cispo"] == {"clip_high": 5.0, "clip_low": None}
     mhpo = {"c": 1.5, "k_pos": 1.5, "lam_pos": 1.0, "k_neg": 2.0, "lam_neg": 0.8}
-    assert defaults["mhpo"] == {**mhpo, "shift": "softplus"}
+    assert defaults["mhpo"] == {**mhpo, "shift": "softplus", "dhp_gradient": "detached"}
     assert defaults["mhpo_lfm_only"] == {"c": 1.5}
     assert defaults["mhpo_dhp_only"] == {
         **{k: v for k, v in mhpo.items() if k != "c"},
         "shift": "softplus",
+        "dhp_gradient": "detached",
     }
     assert defaults["mhpo_symmetric"] == {
         "c": 1.5,
         "k_pos": 1.5,
         "lam_pos": 1.0,
         "shift": "softplus",
+        "dhp_gradient": "detached",
     }
 
 

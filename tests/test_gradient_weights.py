@@ -63,16 +63,39 @@ def test_clipped_losses_stop_outside_their_range_in_the_advantages_direction():
     assert gw.weight("cispo", 3.0, 1.0) == pytest.approx(3.0)  # the weight is never cut
 
 
+def test_the_full_dhp_gradient_turns_into_a_restoring_force():
+    # the push is signed: positive moves the token the advantage's way
+    assert gw.weight("mhpo", 3.0, 1.0, dhp_gradient="full") == pytest.approx(0.0245, abs=5e-4)
+    assert gw.weight("mhpo", 3.5, 1.0, dhp_gradient="full") == pytest.approx(-0.0057, abs=5e-4)
+    assert gw.weight("mhpo", 2.0, 1.0, shift="relu", dhp_gradient="full") < 0  # already at 2
+    # the detached form never turns, at any ratio, for either sign of the advantage
+    for r in (0.05, 0.3, 1.0, 3.0, 30.0):
+        assert gw.weight("mhpo", r, 1.0) > 0 and gw.weight("mhpo", r, -1.0) > 0
+
+
+def test_effective_trust_region_edges():
+    assert gw.trust_edge("grpo", 1.0) == pytest.approx(1.2, abs=0.013)  # the clip, on a 1% grid
+    assert gw.trust_edge("grpo", -1.0) == pytest.approx(0.8, abs=0.01)
+    assert gw.trust_edge("cispo", 1.0) is None  # never falls: r itself
+    # the detached hazard keeps half its push far past clipping's 1.2; the full one less so
+    detached, full = gw.trust_edge("mhpo", 1.0), gw.trust_edge("mhpo", 1.0, dhp_gradient="full")
+    assert detached > 5 and 1.5 < full < 2.5
+
+
 def test_the_table_and_the_file(tmp_path):
     out = tmp_path / "w.md"
     assert gw.main(["--out", str(out)]) == 0
     text = out.read_text()
     assert "## A = +1 (push the token up)" in text and "## A = -1 (push it down)" in text
+    assert "## Effective trust region" in text
     rows = [ln for ln in text.splitlines() if ln.startswith("| grpo (clip 0.2) |")]
+    assert rows[0] == "| grpo (clip 0.2) | 1.21 | 0.80 |"
     # A = +1: r, 0 beyond 1.2; A = -1: 0 below 0.8, then r
-    assert rows[0] == (
-        "| grpo (clip 0.2) | 1.000 | 0.20 | 0.50 | 0.80 | 1.00 | 1.20 | 0.00 | 0.00 | 0.00 "
-        "| 0.00 | 0.00 |"
+    assert rows[1] == (
+        "| grpo (clip 0.2) | 1.000 | +0.20 | +0.50 | +0.80 | +1.00 | +1.20 | +0.00 | +0.00 "
+        "| +0.00 | +0.00 | +0.00 |"
     )
-    assert rows[1].startswith("| grpo (clip 0.2) | 1.000 | 0.00 | 0.00 | 0.80 | 1.00 |")
-    assert len([ln for ln in text.splitlines() if ln.startswith("| mhpo")]) == 12
+    assert rows[2].startswith("| grpo (clip 0.2) | 1.000 | +0.00 | +0.00 | +0.80 | +1.00 |")
+    full = [ln for ln in text.splitlines() if ln.startswith("| mhpo, full DHP gradient |")]
+    assert full[1].endswith("| +0.06 | -0.09 | -0.08 |")  # A = +1, r = 3, 5, 10: pulled back
+    assert len([ln for ln in text.splitlines() if ln.startswith("| mhpo")]) == 3 * 8

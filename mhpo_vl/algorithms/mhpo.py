@@ -8,9 +8,13 @@ MHPO (Wang et al. 2026, arXiv 2603.16929) replaces PPO's hard clip by two smooth
 - the Decoupled Hazard Penalty (DHP) ``zeta = (s(sg psi) / lam_pos)^k_pos +
   (s(-sg psi) / lam_neg)^k_neg``, Weibull cumulative hazards on either side of the shift.
 
-``L = -exp(psi - zeta) * A``. ``zeta`` is computed on a stop-gradient copy of ``psi``
-(semi-gradient): ``exp(-zeta)``, the survival weight, only scales a token's gradient, so
-``dL/dlogp = -A exp(psi - zeta) sech^2(d / c)`` and the sign of the update never flips.
+``L = -exp(psi - zeta) * A``. By default (``dhp_gradient: detached``) ``zeta`` is
+computed on a stop-gradient copy of ``psi`` (semi-gradient): ``exp(-zeta)``, the survival
+weight, only scales a token's gradient, so ``dL/dlogp = -A exp(psi - zeta) sech^2(d / c)``
+and the sign of the update never flips. The paper's text does not settle whether the
+gradient flows through the hazard; ``dhp_gradient: full`` lets it, which multiplies the
+gradient by ``1 - dzeta/dpsi``: for A > 0 it turns into a restoring force past r ~ 3.4
+(softplus shift), and for A < 0 it pushes contraction harder. Same loss value either way.
 
 Why there are two shifts: the paper, as read, uses ``s = softplus``, which makes
 ``zeta(r=1) = (ln2)^1.5 + (ln2/0.8)^2 ~ 1.328`` (weight ``~0.265`` on-policy); ``relu``
@@ -38,18 +42,43 @@ def log_fidelity_modulator(log_ratio_BT: Tensor, c: float) -> Tensor:
     return c * torch.tanh(log_ratio_BT / c)
 
 
-def decoupled_hazard_penalty(
-    psi_BT: Tensor, *, k_pos: float, lam_pos: float, k_neg: float, lam_neg: float, shift: str
-) -> Tensor:
-    """DHP: ``zeta = (s(sg psi)/lam_pos)^k_pos + (s(-sg psi)/lam_neg)^k_neg`` (>= 0).
+DHP_GRADIENTS = ("detached", "full")
+"""How the gradient meets the hazard ``zeta`` (the ``dhp_gradient`` parameter):
+``detached`` (semi-gradient, the default) or ``full`` (through ``psi`` inside ``zeta``)."""
 
-    ``psi`` is detached here, so ``zeta`` never receives a gradient (semi-gradient).
+
+def decoupled_hazard_penalty(
+    psi_BT: Tensor,
+    *,
+    k_pos: float,
+    lam_pos: float,
+    k_neg: float,
+    lam_neg: float,
+    shift: str,
+    gradient: str = "detached",
+) -> Tensor:
+    """DHP: ``zeta = (s(psi)/lam_pos)^k_pos + (s(-psi)/lam_neg)^k_neg`` (>= 0).
+
+    ``gradient="detached"``: ``psi`` enters as ``sg(psi)``, so ``zeta`` never receives a
+    gradient (semi-gradient): the survival weight ``exp(-zeta)`` only scales a token's
+    gradient. ``"full"``: the gradient also flows through ``zeta``, which multiplies
+    ``dL/dlogp`` by ``1 - dzeta/dpsi``; the value is the same. ``full`` needs ``k >= 1``
+    (below, ``d/dpsi s(psi)^k`` is unbounded where ``s`` reaches 0, as ``relu`` does).
     """
     require(shift in SHIFTS, f"unknown shift {shift!r}; valid names: {', '.join(SHIFTS)}")
+    require(
+        gradient in DHP_GRADIENTS,
+        f"unknown dhp_gradient {gradient!r}; valid names: {', '.join(DHP_GRADIENTS)}",
+    )
     require(min(k_pos, k_neg) > 0, f"k_pos, k_neg must be > 0, got {k_pos}, {k_neg}")
+    require(
+        gradient == "detached" or min(k_pos, k_neg) >= 1,
+        f"dhp_gradient 'full' needs k_pos, k_neg >= 1, got {k_pos}, {k_neg}",
+    )
     require(min(lam_pos, lam_neg) > 0, f"lam_pos, lam_neg must be > 0, got {lam_pos}, {lam_neg}")
     s = SHIFTS[shift]
-    psi_BT = psi_BT.detach()  # sg(psi): the hazard scales the gradient, never redirects it
+    if gradient == "detached":
+        psi_BT = psi_BT.detach()  # sg(psi): the hazard scales the gradient, never redirects it
     return (s(psi_BT) / lam_pos).pow(k_pos) + (s(-psi_BT) / lam_neg).pow(k_neg)
 
 
@@ -73,12 +102,15 @@ def mhpo(
     k_neg: float = 2.0,
     lam_neg: float = 0.8,
     shift: str = "softplus",
+    dhp_gradient: str = "detached",
 ) -> tuple[Tensor, Diagnostics]:
-    """MHPO: LFM then DHP, ``L = -exp(psi - zeta) * A`` (paper defaults)."""
+    """MHPO: LFM then DHP, ``L = -exp(psi - zeta) * A`` (paper defaults; the gradient
+    through ``zeta`` as ``dhp_gradient`` says, see :func:`decoupled_hazard_penalty`)."""
     psi_BT = log_fidelity_modulator(inputs.log_ratio_BT, c)
     zeta_BT = decoupled_hazard_penalty(
-        psi_BT, k_pos=k_pos, lam_pos=lam_pos, k_neg=k_neg, lam_neg=lam_neg, shift=shift
-    )
+        psi_BT, k_pos=k_pos, lam_pos=lam_pos, k_neg=k_neg, lam_neg=lam_neg, shift=shift,
+        gradient=dhp_gradient,
+    )  # fmt: skip
     return modulated_loss(psi_BT, zeta_BT, inputs.advantages_BT)
 
 
@@ -101,12 +133,14 @@ def mhpo_dhp_only(
     k_neg: float = 2.0,
     lam_neg: float = 0.8,
     shift: str = "softplus",
+    dhp_gradient: str = "detached",
 ) -> tuple[Tensor, Diagnostics]:
-    """Ablation without the modulator: ``psi = d`` (no tanh), ``zeta`` on ``sg(d)``."""
+    """Ablation without the modulator: ``psi = d`` (no tanh), ``zeta`` on ``d``."""
     psi_BT = inputs.log_ratio_BT
     zeta_BT = decoupled_hazard_penalty(
-        psi_BT, k_pos=k_pos, lam_pos=lam_pos, k_neg=k_neg, lam_neg=lam_neg, shift=shift
-    )
+        psi_BT, k_pos=k_pos, lam_pos=lam_pos, k_neg=k_neg, lam_neg=lam_neg, shift=shift,
+        gradient=dhp_gradient,
+    )  # fmt: skip
     return modulated_loss(psi_BT, zeta_BT, inputs.advantages_BT)
 
 
@@ -118,6 +152,7 @@ def mhpo_symmetric(
     k_pos: float = 1.5,
     lam_pos: float = 1.0,
     shift: str = "softplus",
+    dhp_gradient: str = "detached",
 ) -> tuple[Tensor, Diagnostics]:
     """Ablation with one hazard for both sides: ``k_neg = k_pos``, ``lam_neg = lam_pos``.
 
@@ -125,5 +160,6 @@ def mhpo_symmetric(
     recipe cannot make the "symmetric" loss asymmetric by accident.
     """
     return mhpo(
-        inputs, c=c, k_pos=k_pos, lam_pos=lam_pos, k_neg=k_pos, lam_neg=lam_pos, shift=shift
-    )
+        inputs, c=c, k_pos=k_pos, lam_pos=lam_pos, k_neg=k_pos, lam_neg=lam_pos, shift=shift,
+        dhp_gradient=dhp_gradient,
+    )  # fmt: skip
