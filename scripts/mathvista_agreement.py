@@ -7,7 +7,8 @@ and the file's ``true_false``, e.g. the official pipeline's GPT-4-extraction ver
 or a ``.jsonl`` corpus (one item per line with ``response``, the problem fields,
 ``style``, ``official_extraction`` and optionally ``split``; the reference verdict is
 the official normalization of ``official_extraction``). Prints agreement overall, for
-multiple choice and free form, per split and per style when items carry them.
+multiple choice and free form, on the items we read as answers and on those we read as
+refusals (scored wrong by design), per split and per style when items carry them.
 ``--split NAME`` reads only that split of a corpus; ``--show`` prints each disagreement.
 """
 
@@ -43,13 +44,15 @@ def load(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def agreement(items: dict[str, dict[str, Any]], fallback: str = "official") -> dict[str, list[int]]:
-    """``group -> [agreeing, total]`` for "all", "multi_choice", "free_form" and each
-    ``style:NAME``."""
+    """``group -> [agreeing, total]`` for "all", "multi_choice", "free_form", each
+    ``style:NAME``, and "answered" / "refusals" (the items we read as refusals score
+    wrong by design; the reference may have mapped them onto a choice by luck)."""
     table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for item in items.values():
-        ours = score_item(item, False, fallback)["true_false"]
-        same = int(ours == reference_verdict(item))
+        scored = score_item(item, False, fallback)
+        same = int(scored["true_false"] == reference_verdict(item))
         groups = ["all", str(item.get("question_type"))]
+        groups.append("refusals" if scored["refusal"] else "answered")
         prefix = f"{item['split']}:" if item.get("split") else ""
         if prefix:
             groups.append(f"{prefix}all")

@@ -64,9 +64,14 @@ def test_corpus_shape():
 
 
 def _agreement(records: list[dict], fallback: str = "official") -> dict[str, list[int]]:
+    """Agreement with the labels on the records the evaluation path does not read as
+    refusals (those are scored wrong by design: :func:`test_refusals_are_read_as_such`)."""
     table: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for rec in records:
-        same = score_item(rec, False, fallback)["true_false"] == official_true_false(rec)
+        scored = score_item(rec, False, fallback)
+        if scored["refusal"]:
+            continue
+        same = scored["true_false"] == official_true_false(rec)
         for key in ("all", rec["style"]):
             table[key][0] += same
             table[key][1] += 1
@@ -82,6 +87,23 @@ def test_corpus_agreement(split):
     assert same / total >= FLOORS[split]
     low = {k: f"{s}/{t}" for k, (s, t) in table.items() if s / t < STYLE_FLOOR}
     assert low == {}
+
+
+def test_refusals_are_read_as_such():
+    """Every record of the refusal style, and no record of another style but two
+    refusals written for the blind split, is read as a refusal: scored wrong, no
+    prediction."""
+    refused = [r for r in RECORDS if score_item(r, False, "official")["refusal"]]
+    assert {r["style"] for r in refused} == {"refusal", "blind_mixed"}
+    assert (
+        sum(r["style"] == "refusal" for r in refused)
+        == 46
+        == sum(r["style"] == "refusal" for r in RECORDS)
+    )
+    assert sum(r["style"] == "blind_mixed" for r in refused) == 2
+    for rec in refused:
+        scored = score_item(rec, False, "official")
+        assert scored["prediction"] is None and scored["true_false"] is False
 
 
 def test_the_strict_path_agrees_much_less():
@@ -256,12 +278,16 @@ def test_training_reward_refuses_unclear_answers(row, response):
     assert score_item({**row, "response": response}, False, "none")["true_false"] is False
 
 
-def test_official_fallback_maps_a_refusal_as_the_official_scorer_does():
-    row = {**MC_ROW, "answer": "no", "response": "I cannot tell."}
+def test_official_fallback_maps_a_hedge_but_not_a_refusal():
+    """A hedge's last line goes through the official normalization (nearest choice); a
+    refusal is scored wrong and never mapped onto a choice."""
+    row = {**MC_ROW, "answer": "no", "response": "It could be yes or no."}
     extraction = eval_extraction(row["response"], row)
-    assert extraction == "I cannot tell"  # the last line, as GPT-4 copies a refusal
+    assert extraction == "It could be yes or no"  # the last line, as GPT-4 copies a hedge
     scored = score_item(row, False, "official")
     assert scored["prediction"] == normalize_row_answer(extraction, row, official=True)
+    refusal = score_item({**row, "response": "I cannot tell."}, False, "official")
+    assert refusal["prediction"] is None and refusal["refusal"] is True
     assert score_item(row, False, "none")["prediction"] is None
     empty = score_item({**row, "response": ""}, False, "official")
     assert empty["prediction"] == "no"  # "" lands on the shortest choice, as official

@@ -103,21 +103,27 @@ def test_rule_based_extraction_agrees_with_official_verdicts(model, well_formed,
 
 @needs_shared
 @pytest.mark.parametrize(
-    "model, official, strict", [("gpt4", 0.955, 0.87), ("chatgpt", 0.985, 0.97)]
+    "model, answered, official, strict",
+    [("gpt4", 291, 0.995, 0.975), ("chatgpt", 626, 0.995, 0.99)],
 )
-def test_eval_path_agrees_on_every_item(model, official, strict):
-    """All 1000 items, refusals included: the evaluation path (rule-based extraction,
-    official edit-distance fallback when it abstains) against the official verdicts; the
-    training reward's strictness (``fallback="none"``) for comparison."""
+def test_eval_path_agrees_where_it_reads_an_answer(model, answered, official, strict):
+    """The evaluation path against the official verdicts on every item that is not a
+    refusal by our reading; the training reward's strictness (``fallback="none"``) for
+    comparison. Refusals are scored wrong, never mapped onto a choice (the official
+    scorer maps GPT-4's copy of them by edit distance, right or wrong by luck)."""
     items = _load(model)
     rates = {}
     for fallback in ("official", "none"):
         results, _ = score_items(items, fallback=fallback)
-        same = sum(results[p]["true_false"] == items[p].get("true_false", False) for p in items)
-        rates[fallback] = same / len(items)
+        kept = [p for p in items if not results[p]["refusal"]]
+        refused = [results[p] for p in items if results[p]["refusal"]]
+        assert all(r["prediction"] is None and not r["true_false"] for r in refused)
+        same = sum(results[p]["true_false"] == items[p].get("true_false", False) for p in kept)
+        rates[fallback] = same / len(kept)
+        assert len(kept) == answered
     print(
-        f"\n{model}: all items, official fallback {100 * rates['official']:.1f}%,"
-        f" strict {100 * rates['none']:.1f}%"
+        f"\n{model}: {answered} items read as answers, official fallback "
+        f"{100 * rates['official']:.1f}%, strict {100 * rates['none']:.1f}%"
     )
     assert rates["official"] >= official and rates["none"] >= strict
 

@@ -58,6 +58,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
             f"malformed items (not scored): {len(summary.malformed)} of {summary.items}: "
             f"{named}{more}"
         )
+    refusals = scores.get("refusals")
+    if refusals and refusals["count"]:
+        print(
+            f"refusals (scored wrong, not mapped onto a choice): {refusals['count']} of "
+            f"{refusals['total']} ({100 * refusals['fraction']:.1f}%)"
+        )
+    versus = scores.get("extraction_agreement")
+    if versus:
+        print(
+            f"our extraction vs the file's own: {versus['disagree']} of {versus['compared']} "
+            f"differ ({100 * versus['fraction']:.1f}%); review them in "
+            f"{args.out_dir}/{versus['file']}"
+        )
     if summary.missing_response:
         print(f"items without a response (scored wrong): {len(summary.missing_response)}")
     if args.use_extraction and summary.missing_extraction:

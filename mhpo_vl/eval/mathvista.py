@@ -15,10 +15,12 @@ Two ways to score:
   - ``fallback="official"`` (the evaluation path, default for ``eval score`` / ``eval
     run``): :func:`~mhpo_vl.eval.reading.extract_for_eval` reads marked answers and
     plain statements ("Periwinkle is not the maximum." -> no; "There are 2 items sold
-    less than 5 units." -> 2), then the official normalization; when it abstains
-    (refusal, hedge) the official edit-distance fallback maps the response's last line
-    onto a choice, as the official scorer does with GPT-4's extraction. Scores are
-    comparable with the leaderboard.
+    less than 5 units." -> 2), then the official normalization; when it abstains on a
+    hedge the official edit-distance fallback maps the response's last line onto a
+    choice, as the official scorer does with GPT-4's extraction. A refusal
+    (:func:`~mhpo_vl.eval.reading.is_refusal`) scores 0 on both fallbacks and is never
+    mapped onto a choice; items carry ``refusal``. Scores are comparable with the
+    leaderboard on the items that are not refusals.
   - ``fallback="none"`` (the training reward's strictness): :func:`mhpo_vl.rewards.judge`;
     an answer that does not commit to one candidate is wrong, never mapped onto the
     nearest choice.
@@ -34,7 +36,7 @@ from typing import Any
 
 from mhpo_vl.errors import UserError
 from mhpo_vl.eval import safejson
-from mhpo_vl.eval.reading import extract_for_eval
+from mhpo_vl.eval.reading import extract_for_eval, is_refusal
 from mhpo_vl.rewards.extract import clean, lines, tail
 from mhpo_vl.rewards.normalize import PAREN_LETTER, normalize_row_answer
 from mhpo_vl.rewards.verifiers import judge
@@ -232,21 +234,30 @@ def _official(extraction: Any, item: Mapping[str, Any]) -> dict[str, Any]:
     return {"extraction": extraction, "prediction": prediction, "true_false": correct}
 
 
-def eval_extraction(response: Any, item: Mapping[str, Any]) -> str:
-    """The evaluation path's extraction for one item: what the response commits to
-    (:func:`~mhpo_vl.eval.reading.extract_for_eval`), else, for multiple choice, the
-    response's last line cleaned (the official normalization maps it onto the nearest
-    choice, as it maps GPT-4's extraction of a refusal), else ``""``."""
+def read_for_eval(response: Any, item: Mapping[str, Any]) -> tuple[str, bool]:
+    """The evaluation path's extraction for one item and whether the response is a
+    refusal. The extraction is what the response commits to
+    (:func:`~mhpo_vl.eval.reading.extract_for_eval`); else ``""`` for a refusal
+    (:func:`~mhpo_vl.eval.reading.is_refusal`: scored wrong, never mapped onto a choice);
+    else, for multiple choice, the response's last line cleaned (a hedge: the official
+    normalization maps it onto the nearest choice, as it does GPT-4's copy); else ``""``."""
     text = tail(str(response or ""))
     choices = [str(c) for c in item.get("choices") or []] or None
     found = extract_for_eval(
         text, choices, item.get("answer_type"), str(item.get("question") or "")
     )
     if found is not None:
-        return found
+        return found, False
+    if is_refusal(text):
+        return "", True
     if choices and text.strip():
-        return clean((lines(text) or [""])[-1])
-    return ""
+        return clean((lines(text) or [""])[-1]), False
+    return "", False
+
+
+def eval_extraction(response: Any, item: Mapping[str, Any]) -> str:
+    """The evaluation path's extraction for one item (:func:`read_for_eval`)."""
+    return read_for_eval(response, item)[0]
 
 
 def score_item(
@@ -259,13 +270,17 @@ def score_item(
     if use_extraction:
         extraction = item.get("extraction")
         return _official("" if extraction is None else extraction, item)
+    extraction, refusal = read_for_eval(item.get("response"), item)
+    if refusal:
+        return {"extraction": "", "prediction": None, "true_false": False, "refusal": True}
     if fallback == "official":
-        return _official(eval_extraction(item.get("response"), item), item)
+        return {**_official(extraction, item), "refusal": False}
     verdict = judge(item.get("response"), item)
     return {
         "extraction": verdict.extraction if verdict.extraction is not None else "",
         "prediction": verdict.prediction,
         "true_false": verdict.correct,
+        "refusal": False,
     }
 
 
@@ -359,6 +374,64 @@ def scores_layout(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return scores
 
 
+def refusal_counts(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``refusals`` entry of our scores file: how many scored items are refusals
+    (scored wrong, not mapped onto a choice), of how many, the share (0 to 1, four
+    decimals) and their pids."""
+    pids = [str(pid) for pid, item in results.items() if item.get("refusal")]
+    total = len(results)
+    frac = round(len(pids) / total, 4) if total else 0.0
+    return {"count": len(pids), "total": total, "fraction": frac, "pids": pids}
+
+
+EXCERPT = 400  # characters of a response's end kept in disagreements.jsonl
+DISAGREEMENTS = "disagreements.jsonl"
+
+
+def _verdict(scored: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: scored[k] for k in ("extraction", "prediction", "true_false")}
+
+
+def extraction_disagreements(
+    items: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Any]]
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many items carry their own ``extraction`` (e.g. GPT-4's), and one review row
+    per item where our rule-based reading lands on another prediction than theirs (the
+    official normalization of each): pid, the response's end, the answer, both
+    extractions, predictions and verdicts. Shows a person where to check our rules."""
+    compared, rows = 0, []
+    for pid, item in items.items():
+        own = item.get("extraction")
+        if own is None or pid not in results:
+            continue
+        compared += 1
+        ours, theirs = _verdict(results[pid]), _verdict(_official(own, item))
+        if ours["prediction"] == theirs["prediction"]:
+            continue
+        rows.append(
+            {
+                "pid": pid,
+                "response": str(item.get("response") or "")[-EXCERPT:],
+                "answer": item.get("answer"),
+                "refusal": bool(results[pid].get("refusal")),
+                "ours": ours,
+                "theirs": theirs,
+            }
+        )
+    return compared, rows
+
+
+def write_disagreements(out: Path, compared: int, rows: Sequence[Mapping[str, Any]]) -> dict:
+    """Write ``out/disagreements.jsonl`` (one row per line) and return the
+    ``extraction_agreement`` entry of our scores file."""
+    path = out / DISAGREEMENTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path.write_text(text, encoding="utf-8")
+    frac = round(len(rows) / compared, 4) if compared else 0.0
+    return {"compared": compared, "disagree": len(rows), "fraction": frac, "file": DISAGREEMENTS}
+
+
 def _matches(field_value: Any, value: Any, key: str) -> bool:
     if key == "skills":
         return isinstance(field_value, list) and value in field_value
@@ -378,7 +451,9 @@ def score_file(
     fallback: str = "official",
     max_malformed: float = MAX_MALFORMED,
 ) -> tuple[dict[str, Any], ScoreSummary]:
-    """Score a MathVista output file; write ``out_dir/output.json`` and ``scores.json``.
+    """Score a MathVista output file; write ``out_dir/output.json`` and ``scores.json``
+    (with rule-based extraction, also the refusal count and, when items carry their own
+    ``extraction``, ``disagreements.jsonl``: :func:`extraction_disagreements`).
 
     Malformed items (:func:`item_problem`) are not scored: they are named in the
     summary, and more than ``max_malformed`` of them is a :class:`UserError`."""
@@ -392,6 +467,13 @@ def score_file(
     summary.malformed, summary.items = malformed, len(data)
     scores = scores_layout(results)
     out = Path(out_dir)
+    if not use_extraction:  # the file's own extraction: the official layout, exactly
+        scores["refusals"] = refusal_counts(results)
+        compared, rows = extraction_disagreements(items, results)
+        if compared:
+            scores["extraction_agreement"] = write_disagreements(out, compared, rows)
+        else:  # a review file left from an earlier run would describe another file
+            (out / DISAGREEMENTS).unlink(missing_ok=True)
     write_json(out / "output.json", results)
     write_json(out / "scores.json", scores)
     return scores, summary

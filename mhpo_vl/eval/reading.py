@@ -68,7 +68,9 @@ _HEDGE = re.compile(
     re.IGNORECASE,
 )
 _LETTER_FORMS = re.compile(
-    r"\b(?:option|choice|answer|letter)\s*[:：]?\s*\(?([A-Z])\)?(?![\w'’])"
+    r"\b(?:option|choice|answer|letter|solution|result)\s*[:：]?\s*\(?([A-Z])\)?(?![\w'’])"
+    r"|\b(?:option|choice|answer|solution|result|pick|selection)\s+(?:is|would\s+be|will\s+be)"
+    r"\s+\(?([A-Z])\)?(?=\s*[:.)]|\s*$)"
     r"|(?:^|\s)\(?([A-Z])\)?\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b"
     r"|\b(?:is|be|choose|select|pick)\s+\(?([A-Z])\)?\s*(?:[.!]\s*)?$"
     r"|^\s*\**\(?([A-Z])\)?\**\s*(?:[.:)]\s*)?$",
@@ -274,6 +276,10 @@ def sentence_choice(text: str, choices: Sequence[str], question: str = "") -> st
             return str(choices[named[0]])
         if len(named) > 1:
             return None  # two candidates: a hedge or a comparison; the fallback decides
+    for sentence in ends:
+        restated = _restated_choice(sentence, choices)
+        if restated is not None:
+            return str(choices[restated])
     if any(is_numeric_choice(str(c)) for c in choices) and not any(
         _REFUSAL.search(b) for b in body[-2:]
     ):
@@ -281,6 +287,74 @@ def sentence_choice(text: str, choices: Sequence[str], question: str = "") -> st
         if value is not None:
             return _numeric_choice(value, choices) or value
     return None
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a response declines to answer ("cannot be determined", "not enough
+    information", "I cannot answer", "impossible to tell"): a refusal phrase in one of its
+    last two sentences. Asked only after :func:`extract_for_eval` found no answer, so a
+    doubt followed by an answer ("unclear, but the answer is B") is not a refusal, and
+    neither is a guess between candidates (a hedge: the official fallback decides)."""
+    last = sentences(text)[-2:]
+    return any(_REFUSAL.search(s) for s in last) and not any(_GUESS.search(s) for s in last)
+
+
+# a guess between candidates ("Either D or E, I am not sure"): a hedge, not a refusal
+_GUESS = re.compile(
+    r"\beither\b.{0,60}?\bor\b|\b(?:maybe|perhaps|possibly|probably)\b",
+    re.IGNORECASE,
+)
+
+
+_STOP_WORDS = frozenset(
+    "a an the and or of to in on at by for with from as into onto over under than then "
+    "is are was were be been being will would shall should can could may might must do "
+    "does did has have had it its this that these those there their them they he she his "
+    "her we our you your i my me so such very more most much many some any all each "
+    "which what who whom whose when where why how if not no yes also just only likely "
+    "probably think answer option choice correct".split()
+)
+_WORD = re.compile(r"[a-z]+")
+_NOT = re.compile(r"\b(?:not|never|neither|nor|cannot)\b|n[’']t\b", re.IGNORECASE)
+RESTATED_COVER = 0.75  # the share of an option's meaning-bearing words a sentence must have
+RESTATED_MARGIN = 0.25  # ... and by how much more than the runner-up option
+
+
+def meaning_words(text: str) -> set[str]:
+    """The meaning-bearing words of ``text``: lowercase, stop words dropped, a plural or
+    third-person "s" dropped and each cut to its first six letters, so "decreasing" and
+    "decrease", "stays" and "stay" meet. Words of one or two letters ("A", "I'd") say
+    nothing here."""
+    words = _WORD.findall(text.lower())
+    return {_stem(w) for w in words if len(w) > 2 and w not in _STOP_WORDS}
+
+
+def _stem(word: str) -> str:
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    return word[:6]
+
+
+def _restated_choice(sentence: str, choices: Sequence[str]) -> int | None:
+    """The text option whose meaning-bearing words ``sentence`` restates ("the fish
+    population will likely decrease" -> "Population will decrease"): it must hold at
+    least ``RESTATED_COVER`` of them, ``RESTATED_MARGIN`` more than any other option, in
+    a sentence without negation, and no other option restated as well. Never the nearest
+    option at any distance: a sentence that restates no option, or two, names none."""
+    if _NOT.search(sentence) or any(is_numeric_choice(str(c)) for c in choices):
+        return None
+    said = meaning_words(sentence)
+    cover = []
+    for choice in choices:
+        words = meaning_words(str(choice))
+        cover.append(len(words & said) / len(words) if words else 0.0)
+    ranked = sorted(range(len(choices)), key=lambda i: cover[i], reverse=True)
+    if not ranked or cover[ranked[0]] < RESTATED_COVER:
+        return None
+    if sum(c >= RESTATED_COVER for c in cover) > 1:
+        return None  # two options restated: a comparison or a hedge
+    runner_up = cover[ranked[1]] if len(ranked) > 1 else 0.0
+    return ranked[0] if cover[ranked[0]] - runner_up >= RESTATED_MARGIN else None
 
 
 def _in_question(value: str, question: str) -> bool:
@@ -332,8 +406,8 @@ def sentence_number(text: str, question: str = "") -> str | None:
         if HEDGE_WORD.search(sentence) and _hedged(sentence, values):
             return sentence  # "9 or 10": no number is the answer (fails, as official)
         sides = split_equation(sentence)
-        if len(sides) > 1 and numbers(sides[-1]) and not _PROSE.search(sides[-1]):
-            return numbers(sides[-1])[0]
+        if len(sides) > 1 and numbers(sides[-1]) and _stated_value(sides[-1]):
+            return numbers(sides[-1])[0]  # "4/2 = 2 dots in each group" -> 2
         concluded = [m.end() for m in _CONCLUDE.finditer(sentence)]
         if concluded:
             after = [(pos, v) for pos, v in found if pos >= concluded[-1]]
@@ -348,6 +422,17 @@ def sentence_number(text: str, question: str = "") -> str | None:
 
 
 _PROSE = re.compile(r"[A-Za-z]{3,}")
+# a right-hand side that opens with its value, words after it: "2 dots in each group"
+_VALUE_THEN_WORDS = re.compile(r"\s*(?:\\?\$\s*)?-?\d[\d.,]*\s*(?:%|°)?\s+[A-Za-z]")
+
+
+def _stated_value(side: str) -> bool:
+    """Whether an equation's last side states a value: no prose ("= 12.5"), or a number
+    first and words after it, no other number ("= 2 dots in each group"; not "= 17, so
+    the radius is 8.5")."""
+    if not _PROSE.search(side):
+        return True
+    return _VALUE_THEN_WORDS.match(side) is not None and len(numbers(side)) == 1
 
 
 def _hedged(sentence: str, values: list[Mention]) -> bool:
@@ -385,6 +470,27 @@ def _lead_letter(text: str, choices: Sequence[str]) -> str | None:
     return None
 
 
+# the prompt's own instruction echoed: "the final answer should be an integer"
+_INSTRUCTION = re.compile(
+    r"\b(?:should|must|needs?\s+to|has\s+to|required?s?|requiring|asks?\s+for|asked\s+for|"
+    r"in\s+the\s+form\s+of)\b[^.\n]{0,40}?\b(?:integer|whole\s+number|floating[-\s]point|"
+    r"decimal\s+places?|python\s+list|option\s+letter)",
+    re.IGNORECASE,
+)
+_EXAMPLES = re.compile(r"\be\.\s?g\.,?[^A-Za-z\n]*", re.IGNORECASE)
+
+
+def drop_instructions(text: str) -> str:
+    """``text`` without the sentences that only echo the prompt's instruction ("The
+    final answer should be an integer.", "..., e.g., 1, 2, 3."): they state a type, not
+    an answer, and their example values are not the response's. A sentence with a
+    number of its own ("should be an integer, so 3") stays."""
+    for sentence in sentences(text):
+        if _INSTRUCTION.search(sentence) and not numbers(_EXAMPLES.sub(" ", sentence)):
+            text = text.replace(sentence, "")
+    return text
+
+
 def extract_for_eval(
     text: str | None,
     choices: Sequence[str] | None = None,
@@ -397,13 +503,18 @@ def extract_for_eval(
     to (the caller applies the official fallback)."""
     if not text or not text.strip():
         return None
-    text = tail(text)
+    text = drop_instructions(tail(text))
+    if not text.strip():
+        return None
     numeric = not choices and answer_type in ("integer", "float")
     for source in (last_tag_content, last_boxed, last_phrase):
         span = source(text)
         if span is None:
             continue
         if choices:
+            lead = _lead_letter(clean(span), choices)
+            if lead is not None:
+                return lead  # "B: 5": the letter names the option, whatever follows
             span = _drop_negated(span, choices)  # "2, not 1.5"
         found = resolve(span, choices, answer_type)
         if found is not None:
@@ -441,9 +552,12 @@ def extract_for_eval(
 def _as_written(span: str, value: str, text: str = "") -> str:
     """``value`` as the response wrote it when it wrote a fraction ("4/3", not
     1.333...): the official normalization (``float(x)``) fails on a fraction, as it does
-    on GPT-4's extraction of one."""
+    on GPT-4's extraction of one. A value also written plainly ("4/2 = 2") stays plain."""
     for source in (span, text):
-        for m, found in number_matches(clean(source).translate(DASHES)):
-            if found == value and (m.group("fn") or m.group("sn")) is not None:
-                return f"{m.group('fn') or m.group('sn')}/{m.group('fd') or m.group('sd')}"
+        found = [(m, v) for m, v in number_matches(clean(source).translate(DASHES)) if v == value]
+        if any(m.group("fn") is None and m.group("sn") is None for m, _ in found):
+            return value  # "4/2 = 2": the value is also written plainly
+        if found:
+            m = found[0][0]
+            return f"{m.group('fn') or m.group('sn')}/{m.group('fd') or m.group('sd')}"
     return value
