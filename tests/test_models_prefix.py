@@ -12,6 +12,7 @@ from mhpo_vl.batch import SamplingParams
 from mhpo_vl.embedded.tiny import build_embedded, parse_embedded, task_rows
 from mhpo_vl.models import load_policy
 from mhpo_vl.models.logprobs import completion_logits, logprobs_from_logits
+from mhpo_vl.models.policy import enable_activation_checkpointing
 from mhpo_vl.models.prefix import (
     PrefixLayout,
     grouped_attention,
@@ -121,7 +122,7 @@ def test_gradients_with_activation_checkpointing(case):
     attention would be off by the order of the gradients themselves."""
     policy, batch = case
     model = policy.model
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model)  # either transformers name (5.20 for vLLM)
     _norms_in_float64(model)  # enabling checkpointing puts the float32 norms back
     model.train()
     try:

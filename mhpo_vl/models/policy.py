@@ -139,6 +139,17 @@ def _resolve(path: str) -> str:
     return os.path.expanduser(path)
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing, under the name this transformers has:
+    ``activation_checkpointing_enable`` (5.21 and later) or the older
+    ``gradient_checkpointing_enable`` (5.20, the version vLLM 0.33.0 installs)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def load_policy(
     path: str,
     *,
@@ -191,11 +202,7 @@ def load_policy(
         for p in vision_tower(model).parameters():
             p.requires_grad_(False)
     if gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(model)
     if device is not None and not empty:
         model.to(device)
     return Policy(
