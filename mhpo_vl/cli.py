@@ -21,8 +21,9 @@ examples:
   mhpo-vl validate recipes/tiny/*.yaml                       # check recipes without running
   mhpo-vl validate recipes/tiny/mhpo.yaml optim.lr=5e-5      # ... with overrides
   mhpo-vl estimate recipes/qwen2_5_vl_7b/geometry3k_mhpo.yaml --gpus 4   # will it fit?
-  mhpo-vl export runs/tiny_mhpo/checkpoint-350 --out models/tiny_mhpo  # a stock HF model
+  mhpo-vl export runs/tiny_mhpo --out models/tiny_mhpo  # HF model + card (--push-to-hub REPO)
   mhpo-vl plot runs/tiny_mhpo                                # PNG curves from metrics.jsonl
+  mhpo-vl samples runs/tiny_mhpo --html rollouts.html       # rollouts with their images
   mhpo-vl eval score mathvista output.json --out-dir scored  # MathVista-compatible scoring
   mhpo-vl report text_qwen2_5_7b                             # the paper's table beside ours
 """
@@ -76,9 +77,20 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from mhpo_vl.export import export_checkpoint
+    from mhpo_vl.export import export_model, push_folder, require_hub_token, resolve_source
 
-    print(export_checkpoint(args.checkpoint, args.out))
+    if args.private and not args.push_to_hub:
+        raise UserError("--private: only with --push-to-hub REPO")
+    if args.push_to_hub:
+        require_hub_token(args.push_to_hub)  # before any work
+    ckpt, _, chosen = resolve_source(args.source)
+    print(f"exporting {ckpt} ({chosen})", flush=True)
+    done = export_model(ckpt, args.out)
+    print(f"wrote {done.out}: {', '.join(done.files)}")
+    for problem in done.vllm_problems:
+        print(f"warning: vLLM may not serve it: {problem}")
+    if args.push_to_hub:
+        print(f"pushed to {push_folder(done.out, args.push_to_hub, args.private)}")
     return 0
 
 
@@ -88,6 +100,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for path in plot_run(args.run_dir, args.out_dir):
         print(path)
     return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from mhpo_vl.viewer import show_samples
+
+    return show_samples(args.run_dir, args.step, args.html, full=args.full)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -191,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser(
+        "samples",
+        help="the logged rollouts of a step, by reward, with their images (terminal or HTML)",
+        description="Show RUN_DIR/samples.jsonl: for the latest logged step (or --step), "
+        "each group's prompt and expected answer, then its responses sorted by reward "
+        "(highest first) with reward parts and advantage. --html writes one "
+        "self-contained page with the images embedded.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--step", default=None, metavar="N|all", help="the step to show (default: the latest)"
+    )
+    p.add_argument("--html", default=None, metavar="OUT", help="write an HTML page to OUT")
+    p.add_argument(
+        "--full", action="store_true", help="terminal: print prompts and responses uncut"
+    )
+    p.set_defaults(func=_cmd_samples)
+
+    p = sub.add_parser(
         "report",
         help="the paper's table beside our numbers (markdown and PNG)",
         description="Render one of the paper's tables (eval/paper/TABLE.yaml) with the "
@@ -210,15 +246,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="a checkpoint as a stock Hugging Face model folder (weights, config, processor)",
-        description="Write CHECKPOINT's model to OUT as from_pretrained, mhpo-vl eval and "
-        "vLLM load it: safetensors weights, config.json, generation_config.json and the "
-        "processor or tokenizer files, no trainer state. A checkpoint trained with "
-        "parallel.strategy fsdp keeps its weights sharded; they are gathered here one "
-        "tensor at a time, on the CPU.",
+        help="a run or checkpoint as a Hugging Face model with its model card (--push-to-hub)",
+        description="Write the model of RUN_OR_CHECKPOINT (a run directory: its latest "
+        "complete checkpoint) to OUT as from_pretrained, mhpo-vl eval and vLLM load it: "
+        "safetensors weights, config.json, generation_config.json, the processor or "
+        "tokenizer files with the chat template, a README.md model card (base model, "
+        "algorithm, training length, mhpo_vl commit, the eval table at that step and how "
+        "it was scored, the recipe) and training_curves.png; no trainer state. Weights "
+        "with NaN or Inf are refused. A checkpoint trained with parallel.strategy fsdp "
+        "keeps its weights sharded; they are gathered here one tensor at a time, on the "
+        "CPU. --push-to-hub REPO then uploads OUT to the Hugging Face Hub in one commit.",
     )
-    p.add_argument("checkpoint", help="a checkpoint-<step>/ folder")
+    p.add_argument(
+        "source", metavar="RUN_OR_CHECKPOINT", help="a run directory or a checkpoint-<step>/"
+    )
     p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument(
+        "--push-to-hub", metavar="REPO", help="also upload OUT to this Hub repo (user/name)"
+    )
+    p.add_argument("--private", action="store_true", help="create REPO private")
     p.set_defaults(func=_cmd_export)
 
     from mhpo_vl.eval.cli import register as register_eval

@@ -16,6 +16,7 @@ or aliases, nesting at most 32 deep.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -40,6 +41,7 @@ from mhpo_vl.checks import (
 )
 from mhpo_vl.errors import UserError
 from mhpo_vl.recipe_yaml import MAX_RECIPE_BYTES, load_yaml
+from mhpo_vl.trackers import TRACKER_NAMES
 
 
 @dataclass
@@ -191,10 +193,17 @@ class TrainerConfig:
     # (whose checkpoints are sharded): "final" (the last step's) or "every" checkpoint;
     # ddp checkpoints always do (that is the format they keep the weights in)
     hf_weights: str = "final"
-    log_samples: int = 4  # rollouts written to samples.jsonl per step
+    # prompt groups written to samples.jsonl per step, each with all its G responses and
+    # its image (samples/step-<step>/group-<g>.png); 0: none
+    log_samples: int = 1
     resume: bool = True  # resume from the latest checkpoint in output_dir
     num_threads: int | None = None  # torch CPU threads (None: torch's default)
-    tensorboard: bool = True
+    # experiment trackers: any of tensorboard, wandb, trackio, mlflow ([]: none)
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "mhpo_vl"  # the W&B / trackio project, the MLflow experiment
+    run_name: str | None = None  # the trackers' run name (None: the recipe's name)
+    # deprecated, use report_to: true adds tensorboard to it, false removes it
+    tensorboard: bool | None = None
     progress_bar: bool = True
     # a step whose loss or gradient norm is not finite is skipped; this many in a row stop
     max_consecutive_skips: int = 3
@@ -316,6 +325,7 @@ CHECKS: dict[str, Check] = {
     "trainer.keep_last": COUNT,
     "trainer.hf_weights": OneOf(("final", "every")),
     "trainer.log_samples": at_least(0),
+    "trainer.report_to[]": OneOf(TRACKER_NAMES),
     "trainer.num_threads": OPTIONAL_COUNT,
     "trainer.max_consecutive_skips": COUNT,
     "trainer.max_reward_fail_frac": Range(0, 1, low_open=True),
@@ -611,7 +621,27 @@ def build_recipe(tree: dict[str, Any], overrides: list[str] | None = None) -> Re
     tree = dict(tree)
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
-    return _build(Recipe, tree, "")
+    recipe = _build(Recipe, tree, "")
+    _fold_tensorboard(recipe.trainer)
+    return recipe
+
+
+def _fold_tensorboard(t: TrainerConfig) -> None:
+    """The deprecated ``trainer.tensorboard`` into ``trainer.report_to`` (true adds
+    tensorboard, false removes it); the resolved recipe keeps only ``report_to``."""
+    if t.tensorboard is None:
+        return
+    logging.getLogger("mhpo_vl").warning(
+        "trainer.tensorboard is deprecated; use trainer.report_to (a list of trackers, "
+        "[] for none): read as trainer.report_to=%s",
+        "[" + ", ".join(_with_tensorboard(t.report_to, t.tensorboard)) + "]",
+    )
+    t.report_to, t.tensorboard = _with_tensorboard(t.report_to, t.tensorboard), None
+
+
+def _with_tensorboard(names: list[str], on: bool) -> list[str]:
+    others = [n for n in names if n != "tensorboard"]
+    return names if on and "tensorboard" in names else others + (["tensorboard"] if on else [])
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

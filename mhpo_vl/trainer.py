@@ -108,7 +108,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     metrics = M.reduce_over_processes(run.par, metrics)
     metrics.update(M.bad_row_metrics(run))  # the same on every process: not reduced
     metrics["time/step"] = time.perf_counter() - t0
-    M.log_samples(run, step, scored)
+    M.log_samples(run, step, scored, adv.advantages_PG.reshape(-1))
     return metrics
 
 

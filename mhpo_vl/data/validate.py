@@ -7,11 +7,21 @@ decoded with a guessed encoding, ``choices`` given as the string ``"ABCD"`` is r
 rather than read as four one-letter choices, and a gold answer that is not one of the
 choices (by text, or by letter as MathVision writes it) is rejected because it could
 never be scored correct.
+
+Also here: what to tell a user whose local data file does not exist yet
+(:func:`prepare_hint`): the command that makes it, taken from the recipe's own
+``# Data:`` header line, else from the prepare scripts' naming convention
+(``data/prepare_<name>.py --out <dir>/<name>`` writes ``train.parquet`` and
+``test.parquet``), else a pointer to ``data/README.md``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from mhpo_vl.data.templates import LETTERS
@@ -111,3 +121,118 @@ def check_row(row: Mapping[str, Any]) -> Problem | None:
                 f"{_short(list(choices), 60)} (by text or letter)",
             )
     return None
+
+
+# ---------------------------------------------------------------- data not prepared yet
+
+PREPARE_SCRIPTS = Path(__file__).resolve().parents[2] / "data"
+"""Where a checkout keeps the ``prepare_*.py`` scripts (absent from an installed wheel)."""
+PREPARED_FILES = ("train.parquet", "test.parquet")
+"""What every ``data/prepare_*.py`` script writes into its ``--out`` folder."""
+GENERIC_PREPARE = "see data/README.md for the prepare scripts"
+_DATA_LINE = re.compile(r"^#\s*Data:\s*(?P<command>\S.*?)\s*$")
+
+
+def recipe_data_command(recipe_file: str | Path | None) -> str | None:
+    """The command of the ``# Data: <command>`` line in the comment block that opens
+    ``recipe_file`` (every real recipe has one), or None (no file, no such line)."""
+    if recipe_file is None:
+        return None
+    try:
+        text = Path(recipe_file).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith("#"):
+            return None  # the header ended without a Data: line
+        match = _DATA_LINE.match(line)
+        if match:
+            return match["command"]
+    return None
+
+
+def _out_dir(command: str) -> str | None:
+    """The ``--out DIR`` (or ``--out=DIR``) of ``command``, or None."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    for i, word in enumerate(words):
+        if word == "--out" and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith("--out="):
+            return word[len("--out=") :]
+    return None
+
+
+def _inside(source: str, folder: str) -> bool:
+    """Whether the path ``source`` is ``folder`` or lies under it (both as the process
+    sees them: relative to the working directory, ``~`` expanded)."""
+    src = os.path.abspath(os.path.expanduser(source))
+    top = os.path.abspath(os.path.expanduser(folder))
+    return src == top or src.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it, else whole."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _conventional_command(source: str) -> str | None:
+    """``python data/prepare_<name>.py --out <dir>`` for a ``<dir>/train.parquet`` or
+    ``<dir>/test.parquet`` whose folder ``<dir>`` is named like a prepare script's
+    output (``data/geometry3k`` -> ``prepare_geometry3k.py``), where that script exists:
+    in the working directory's ``data/`` (a checkout's root) or this checkout's."""
+    path = Path(source)
+    if path.name not in PREPARED_FILES or not path.parent.name:
+        return None
+    script_name = f"prepare_{path.parent.name}.py"
+    for folder in (Path("data"), PREPARE_SCRIPTS):
+        script = folder / script_name
+        if script.is_file():
+            shown = _shown(script.absolute())
+            return f"python {shown} --out {shlex.quote(str(path.parent))}"
+    return None
+
+
+def prepare_command(source: str, recipe_file: str | Path | None = None) -> tuple[str, str] | None:
+    """``(command, where it came from)`` that makes the missing local dataset
+    ``source``, or None when nothing says.
+
+    First the recipe's ``# Data:`` header line, when its ``--out`` folder holds
+    ``source`` (or it names no ``--out``): the recipe's author wrote it, and
+    tests/test_recipes_real.py checks it against the scripts. Then the scripts' naming
+    convention (:func:`_conventional_command`), which also covers a recipe written by
+    hand, or a path given as an override."""
+    header = recipe_data_command(recipe_file)
+    if header is not None:
+        out = _out_dir(header)
+        if out is None or _inside(source, out):
+            return header, "the recipe's Data: line"
+    command = _conventional_command(source)
+    if command is not None:
+        return command, "the prepare script that writes it"
+    return None
+
+
+def prepare_hint(
+    source: str, recipe_file: str | Path | None = None, registered: Sequence[str] = ()
+) -> str:
+    """The fix clause of a missing local dataset's error (one line): the command that
+    makes it (:func:`prepare_command`), else what ``source`` could have been (one of the
+    ``registered`` dataset names, a path, a hub id) and a pointer to the prepare scripts."""
+    found = prepare_command(source, recipe_file)
+    if found is None:
+        names = f" ({', '.join(registered)})" if registered else ""
+        return (
+            f"it is neither a registered dataset{names}, an existing path, nor a hub id "
+            f"(owner/name): fix the path, or prepare the data first ({GENERIC_PREPARE})"
+        )
+    command, origin = found
+    where = "; run it from the repository root" if origin.startswith("the recipe") else ""
+    return f"make it with: {command} ({origin}{where}), or fix the path"

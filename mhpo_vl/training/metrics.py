@@ -156,19 +156,36 @@ def bad_row_metrics(run: Run) -> dict[str, float]:
     return out
 
 
-def log_samples(run: Run, step: int, scored: ScoredBatch) -> None:
-    n = min(run.cfg.trainer.log_samples, len(scored))
-    records = []
-    for i in range(n):
-        row = scored.rows[i]
-        records.append(
-            {
-                "id": row["id"],
-                "prompt": row["question"],
-                "answer": row["answer"],
-                "response": scored.batch.completions[i],
-                "reward": float(scored.rewards[i]),
-                "parts": {k: v[i] for k, v in scored.parts.items()},
-            }
-        )
-    run.logger.samples(step, records)
+def log_samples(run: Run, step: int, scored: ScoredBatch, advantages: torch.Tensor) -> None:
+    """The step's first ``trainer.log_samples`` prompt groups, each with all its G
+    responses, to ``samples.jsonl`` (and the trackers), one line per response: its
+    prompt, answer, response, reward, reward parts and ``advantages`` [B] (the update's,
+    row for row with ``scored``); each group's image is written once as a PNG. The
+    image is the row's decoded one (what the processor was given; a row holds one)."""
+    if not run.logger.enabled:
+        return
+    G = run.cfg.rollout.group_size
+    groups = min(run.cfg.trainer.log_samples, len(scored) // G)
+    records, images = [], []
+    for g in range(groups):
+        row = scored.rows[g * G]
+        image = row.get("image")
+        images.append(image[0] if isinstance(image, list | tuple) and image else image)
+        # the options of a multiple-choice row: the answer may be a letter or the text
+        choices = {"choices": list(row["choices"])} if row.get("choices") else {}
+        for i in range(g * G, (g + 1) * G):
+            records.append(
+                {
+                    "group": g,
+                    "id": str(row["id"]),
+                    "prompt": row["question"],
+                    "answer": str(row["answer"]),
+                    "response": scored.batch.completions[i],
+                    "reward": float(scored.rewards[i]),
+                    "parts": {k: float(v[i]) for k, v in scored.parts.items()},
+                    "advantage": float(advantages[i]),
+                    "image": None,
+                    **choices,
+                }
+            )
+    run.logger.samples(step, records, images)

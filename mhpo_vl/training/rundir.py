@@ -11,8 +11,8 @@ trained with checked on resume, and write failures reported as one line.
   rollout, rewards, algorithm, optim, seed, the update's batch shape) stops and names
   the keys; changes that cannot alter the updates (steps, saving, logging, eval, how the
   work is spread) are allowed and reported.
-- **Writes** (:func:`write_failure`): a metrics, samples, TensorBoard or checkpoint write
-  that fails (a read-only or removed directory, a full disk) stops the run with a line
+- **Writes** (:func:`write_failure`): a metrics, samples (their images too) or checkpoint
+  write that fails (a read-only or removed directory, a full disk) stops the run with a line
   that names the path, the cause and the last good checkpoint, which stays intact.
 """
 
@@ -54,6 +54,9 @@ _HARMLESS_KEYS = {
     "trainer.resume",
     "trainer.num_threads",
     "trainer.tensorboard",
+    "trainer.report_to",  # experiment trackers: where the run is watched
+    "trainer.tracker_project",
+    "trainer.run_name",
     "trainer.progress_bar",
     "trainer.max_consecutive_skips",
     "trainer.max_reward_fail_frac",

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 
 from mhpo_vl import checkpoint, rng
-from mhpo_vl.config import Recipe, dump_recipe
+from mhpo_vl.config import Recipe, dump_recipe, recipe_to_dict
 from mhpo_vl.data import BadRowLog, EpochSampler, ProblemSet, load_problems
 from mhpo_vl.errors import RunHalted, UserError
 from mhpo_vl.models import Policy, load_policy
 from mhpo_vl.models.policy import keep_weight_names, vision_tower, weight_names
 from mhpo_vl.models.processors import prompt_limit
 from mhpo_vl.parallel import Parallel, build_parallel
+from mhpo_vl.provenance import record_start
 from mhpo_vl.rollout import RolloutEngine, build_engine
 from mhpo_vl.tracking import RunLogger
 from mhpo_vl.training.evaluation import Suite, eval_suites
@@ -149,6 +150,26 @@ def take_lock(out: Path, par: Parallel) -> RunLock:
     return lock
 
 
+def start_logger(out: Path, cfg: Recipe, par: Parallel) -> RunLogger:
+    """The run's logger: the main process starts the trackers of ``trainer.report_to``;
+    every process stops, with the main one's line, when one cannot start."""
+    t, logger, refused = cfg.trainer, RunLogger(out, enabled=False), ""
+    if par.is_main:
+        try:
+            logger = RunLogger(
+                out, report_to=t.report_to, config=recipe_to_dict(cfg),
+                project=t.tracker_project, run_name=t.run_name or cfg.name,
+                tensorboard=t.tensorboard,  # deprecated; build_recipe folds it already
+            )  # fmt: skip
+        except UserError as exc:
+            refused = str(exc)
+    refused = par.gather(refused)[0]
+    if refused:
+        logger.close(failed=True)
+        raise UserError(refused)
+    return logger
+
+
 def _start_over(out: Path, par: Parallel) -> None:
     """``trainer.resume=false``: the directory's checkpoints of an earlier run are
     removed, so that neither a later resume nor the pruning of old ones mixes them in."""
@@ -170,6 +191,7 @@ def _build(cfg: Recipe, par: Parallel, lock: RunLock) -> Run:
         check_resume(ckpt, cfg)
     elif not cfg.trainer.resume:
         _start_over(out, par)
+    logger = start_logger(out, cfg, par)  # before the model loads: a tracker may refuse
     # Each process samples its own stream (rollouts of one prompt on two ranks must
     # differ); the weights do not depend on it (loaded, or broadcast from rank 0).
     torch.manual_seed(cfg.seed + par.rank)
@@ -209,7 +231,7 @@ def _build(cfg: Recipe, par: Parallel, lock: RunLock) -> Run:
     run = Run(
         cfg, par, policy, model, ref, optimizer, scheduler, engine,
         train_set, eval_set, EpochSampler(len(train_set), cfg.seed),
-        RunLogger(out, enabled=par.is_main, tensorboard=cfg.trainer.tensorboard),
+        logger,
         *eval_suites(cfg, eval_set, limits["prompt_limit"]), scaler, lock=lock,
     )  # fmt: skip
     if ckpt is not None:
@@ -219,6 +241,7 @@ def _build(cfg: Recipe, par: Parallel, lock: RunLock) -> Run:
     if par.is_main:
         try:
             dump_recipe(cfg, out / "config.yaml")
+            record_start(out, run.start_step)  # run_info.json: the mhpo_vl commit
         except OSError as exc:
             raise checkpoint.write_failure(out / "config.yaml", exc, out) from None
         log.info(
