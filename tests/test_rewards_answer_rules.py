@@ -1,4 +1,4 @@
-"""Two answer rules (stated in the README's *Evaluation* section and the verifiers'
+"""Two answer rules (stated in docs/evaluation.md, *Answers must commit*, and the verifiers'
 docstring):
 
 - a response that names more than one candidate value is not paid, an equation's other
