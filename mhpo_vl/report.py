@@ -18,7 +18,7 @@ column has a result.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,23 @@ def _num(value: float | None, approx: bool = False, signed: bool = False) -> str
     return ("~" if approx else "") + text
 
 
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None
+) -> list[str]:
+    """The lines of a markdown table. ``align``: one letter per column, ``l`` (the
+    default) or ``r``. Shared by ``mhpo-vl report`` and the tiny study's summary."""
+    align = align or "l" * len(header)
+    if len(align) != len(header):
+        raise ValueError(f"align has {len(align)} letters for {len(header)} columns")
+    marks = {"l": "---", "r": "---:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells for {len(header)} columns: {row}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def render_markdown(cmp: Comparison) -> str:
     table = cmp.table
     columns = [*table["columns"].items(), ("Avg", AVG)]
@@ -197,9 +214,8 @@ def render_markdown(cmp: Comparison) -> str:
         f"Paper vs ours, {table['metric']} in percent; Δ = ours − paper. "
         f'~: the paper says "about". {DASH}: not known, or not run yet.',
         "",
-        "| " + " | ".join(head) + " |",
-        "|---" + "|---:" * (len(head) - 1) + "|",
     ]
+    body = []
     for key, row in table["rows"].items():
         shown = [row.get("label", key)]
         for _, col in columns:
@@ -209,7 +225,8 @@ def render_markdown(cmp: Comparison) -> str:
                 _num(cell.ours),
                 _num(cell.delta, cell.approx, signed=True),
             ]
-        lines.append("| " + " | ".join(shown) + " |")
+        body.append(shown)
+    lines += markdown_table(head, body, "l" + "r" * (len(head) - 1))
     p = table["protocol"]
     lines += [
         "",

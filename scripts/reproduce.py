@@ -4,7 +4,7 @@ checkpoint with the paper's protocol.
     python scripts/reproduce.py text_qwen2_5_7b --dry-run        # the plan, nothing run
     python scripts/reproduce.py text_qwen2_5_7b                  # every row, in order
     python scripts/reproduce.py ablations --rows c0_5 c2_0 --nproc 8 --launcher accelerate
-    python scripts/reproduce.py tiny-study --dry-run             # the CPU study (tiny_study.py)
+    python scripts/reproduce.py tiny-study --dry-run             # the CPU study (mhpo_vl/study/)
 
 TABLE is a file name in ``eval/paper/`` (the paper's numbers, columns, protocol and, per
 row, the recipe under ``recipes/paper/`` that reproduces it). For each row, in order:
@@ -260,13 +260,10 @@ def build_parser(names: list[str]) -> argparse.ArgumentParser:
 
 
 def _tiny_study(argv: list[str]) -> int:
-    """``reproduce.py tiny-study ...``: the CPU study, its own options (scripts/tiny_study.py)."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import tiny_study
+    """``reproduce.py tiny-study ...``: the CPU study, its own options (mhpo_vl/study/)."""
+    from mhpo_vl.study.cli import main as study_main
 
-    return tiny_study.main(argv)
+    return study_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
