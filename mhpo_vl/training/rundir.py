@@ -188,3 +188,14 @@ def check_resume(ckpt: Path, cfg: Any) -> None:
         )
     if harmless:
         log.info("resuming %s with changed settings: %s", ckpt, _show(harmless, n=20))
+    steps = [item for item in harmless if item[0] == "trainer.max_steps"]
+    if steps and cfg.optim.scheduler != "constant":
+        log.warning(
+            "trainer.max_steps changed (%s -> %s) under optim.scheduler=%s: the learning "
+            "rate follows the schedule over the new length from here on, so it jumps "
+            "where the old one had decayed; an interrupted run resumes exactly only with "
+            "its own max_steps",
+            steps[0][1],
+            steps[0][2],
+            cfg.optim.scheduler,
+        )
