@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from mhpo_vl import provenance
+from mhpo_vl.recipe_yaml import dotted_get as _get
 
 CARD_FILE = "README.md"
 CURVES_FILE = "training_curves.png"
@@ -61,16 +62,6 @@ class CardInputs:
         """The recipe's ``model.path``: the base model."""
         path = _get(self.recipe, "model.path")
         return path if isinstance(path, str) else None
-
-
-def _get(tree: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    """``tree["a"]["b"]`` for ``"a.b"``; ``default`` where a level is missing."""
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def is_vision(config: dict[str, Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -61,3 +62,14 @@ def load_yaml(text: str) -> Any:
         raise UserError(f"not valid YAML: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
+
+
+def dotted_get(tree: Any, dotted: str, default: Any = None) -> Any:
+    """``tree["a"]["b"]`` for ``"a.b"`` in a plain (YAML-loaded) recipe tree;
+    ``default`` where a level is missing or not a mapping."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from mhpo_vl.recipe_yaml import dotted_get
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS_ROOT = "runs/tiny_study"
 DEFAULT_OUT = "docs/results/tiny_study"
@@ -196,12 +198,7 @@ def resolved(tree: Mapping[str, Any], overrides: Sequence[str], key: str) -> Any
         name, _, value = item.partition("=")
         if name.strip() == key:
             return yaml.safe_load(value)
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+    return dotted_get(tree, key)
 
 
 def schedule(tree: Mapping[str, Any], overrides: Sequence[str]) -> tuple[int, int]:
