@@ -156,10 +156,10 @@ def start_logger(out: Path, cfg: Recipe, par: Parallel) -> RunLogger:
     t, logger, refused = cfg.trainer, RunLogger(out, enabled=False), ""
     if par.is_main:
         try:
+            # (build_recipe already folded the deprecated trainer.tensorboard in)
             logger = RunLogger(
                 out, report_to=t.report_to, config=recipe_to_dict(cfg),
                 project=t.tracker_project, run_name=t.run_name or cfg.name,
-                tensorboard=t.tensorboard,  # deprecated; build_recipe folds it already
             )  # fmt: skip
         except UserError as exc:
             refused = str(exc)
