@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from mhpo_vl.rewards import extract_answer, levenshtein, normalize_answer
@@ -78,6 +80,44 @@ def test_levenshtein_hand_values():
     assert levenshtein("kitten", "sitting") == 3
     assert levenshtein("", "abc") == 3
     assert levenshtein("same", "same") == 0
+    assert levenshtein("flaw", "lawn") == 2 and levenshtein("lawn", "flaw") == 2
+    assert levenshtein("a" * 70, "b" * 70) == 70  # past one 64-bit word
+
+
+def table_distance(a: str, b: str) -> int:
+    """The textbook dynamic-programming edit distance, the reference for the fast one."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def test_levenshtein_equals_the_table_on_random_strings():
+    rng = random.Random(7)
+    for _ in range(400):
+        alphabet = rng.choice(["ab", "abc ", "xyz0123456789", "aé中(B) "])
+        a = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 160)))
+        b = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 160)))
+        assert levenshtein(a, b) == table_distance(a, b), (a, b)
+
+
+def test_a_long_paragraph_goes_to_the_official_scorers_choice():
+    """An extraction that is a whole paragraph (no answer in it) is mapped onto the
+    nearest choice by its full edit distance, as the official scorer does: cutting it to
+    its first 500 characters (as we once did) picked another choice."""
+    text = "The bar for Tuesday reaches 2 units and the bar for Friday reaches 7 units. "
+    text += "Each bar is drawn in its own colour and the axis has no other labels. " * 7
+    text += "The remaining bars reach 4 and 5 units."
+    choices = ["45", "27"]
+    assert 500 < text.index("4") and len(text) == 605
+    full = [table_distance(text, c) for c in choices]
+    cut = [table_distance(text[:500], c) for c in choices]
+    assert full == [603, 603] and cut == [500, 498]  # a tie goes to the first choice
+    assert normalize_answer(text, choices, "multi_choice", "text", official=True) == "45"
+    assert normalize_answer(text[:500], choices, "multi_choice", "text", official=True) == "27"
 
 
 def test_official_normalization():

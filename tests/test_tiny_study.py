@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,9 @@ def test_learn_is_the_recipe_as_shipped_and_hard_adds_lr_and_minibatches():
     ]  # fmt: skip
     relu = plan.plan(["hard"], ["mhpo_relu"], [0], "r")[0].overrides()
     assert relu[6:] == ["algorithm.loss.shift=relu", "algorithm.loss.dhp_gradient=full",
-                        "optim.lr=1.0e-3", "trainer.minibatches=4"]  # fmt: skip
+                        "optim.lr=6.0e-4", "trainer.minibatches=4"]  # fmt: skip
+    threads = plan.plan(["learn"], ["grpo"], [2], "r")[0].overrides(threads=1)
+    assert threads[:6] == learn and threads[6] == "trainer.num_threads=1"
 
 
 def test_a_setting_follows_the_recipe_and_steps_overrides_last():
@@ -78,7 +81,7 @@ def test_every_default_setting_and_variant_validates():
         assert recipe.trainer.max_steps == raw["trainer"]["max_steps"]
         assert recipe.eval.every == raw["eval"]["every"] and recipe.seed == 0
         hard = cell.setting == "hard"
-        assert recipe.optim.lr == (1.0e-3 if hard else raw["optim"]["lr"])
+        assert recipe.optim.lr == (6.0e-4 if hard else raw["optim"]["lr"])
         assert recipe.trainer.minibatches == (4 if hard else raw["trainer"]["minibatches"])
         loss = recipe.algorithm.loss
         if cell.variant.startswith("mhpo"):
@@ -328,18 +331,40 @@ def test_bad_arguments_exit_2(capsys):
     assert "--steps needs --runs-root and --out" in capsys.readouterr().err
     assert cli.main(["--dry-run", "--eval-size", "8"]) == 2
     assert "--eval-size needs --steps" in capsys.readouterr().err
+    assert cli.main(["--dry-run", "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli.main([])
     assert exc.value.code == 2
 
 
+def test_cells_side_by_side_stop_starting_after_a_failure(monkeypatch, capsys):
+    """--jobs N: cells start in plan order; after one fails no new cell starts, the ones
+    going finish, and the failure's exit code is returned."""
+    cells = plan.plan(["learn"], ["grpo", "dapo", "gspo", "sapo"], [0], "r")
+    started = []
+
+    def fake_train_cell(cell, st, jobs):
+        started.append((cell.variant, jobs))
+        return 3 if cell.variant == "grpo" else None
+
+    monkeypatch.setattr(cli, "train_cell", fake_train_cell)
+    states = {c: runs.CellState("new") for c in cells}
+    assert cli.train_all(cells, states, 1) == 3 and started == [("grpo", 1)]
+    started.clear()
+    assert cli.train_all(cells[1:], states, 2) == 0
+    assert sorted(started) == [("dapo", 2), ("gspo", 2), ("sapo", 2)]
+    assert cli.threads_per_job(1) is None and cli.threads_per_job(10_000) == 1
+
+
 @pytest.mark.slow
 def test_one_cell_trains_two_steps_through_reproduce(tmp_path):
-    """``reproduce.py tiny-study --run`` of one cell, 2 steps, then its summary."""
+    """``reproduce.py tiny-study --run --jobs 2`` of two cells side by side, 2 steps each,
+    then their summary."""
     runs_root, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["tiny-study", "--run", "--settings", "learn", "--variants", "mhpo_full", "--seeds",
-            "1", "--steps", "2", "--eval-size", "16", "--runs-root", str(runs_root), "--out",
-            str(out)]  # fmt: skip
+    argv = ["tiny-study", "--run", "--settings", "learn", "--variants", "grpo,mhpo_full",
+            "--seeds", "1", "--steps", "2", "--eval-size", "16", "--runs-root", str(runs_root),
+            "--out", str(out), "--jobs", "2"]  # fmt: skip
     done = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
                           cwd=ROOT, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -349,11 +374,16 @@ def test_one_cell_trains_two_steps_through_reproduce(tmp_path):
     assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 2]
     assert {"grad_norm", "ratio_max", "ratio_min", "ratio_mean"} <= set(records[1])
     attempt = runs.attempts(run)[0]
-    assert (attempt["from_step"], attempt["to_step"], attempt["rc"]) == (0, 2, 0)
+    assert (attempt["from_step"], attempt["to_step"], attempt["rc"], attempt["jobs"]) == (
+        0, 2, 0, 2)  # fmt: skip
     log = (run / runs.LOG_FILE).read_text()
-    assert "algorithm.loss.dhp_gradient=full trainer.max_steps=2 eval.size=16" in log
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert (f"trainer.progress_bar=false trainer.num_threads={threads} "
+            "algorithm.loss.dhp_gradient=full trainer.max_steps=2 eval.size=16") in log  # fmt: skip
+    assert (runs_root / "learn" / "grpo" / "seed1" / "checkpoint-2").is_dir()
+    assert "learn/grpo/seed1: done in " in done.stdout
     md = (out / "summary.md").read_text()
-    assert "**Partial: 1 of 48 planned runs done**" in md
+    assert "**Partial: 2 of 48 planned runs done**" in md
     assert "| mhpo_full | 1 | done |" in md and "(1/3 seeds, " in md
     assert (out / "accuracy_learn.png").is_file()
     data = json.loads((out / "summary.json").read_text())

@@ -5,6 +5,7 @@ train, resume and summarise the tiny study.
     python scripts/reproduce.py tiny-study --run                      # every pending run
     python scripts/reproduce.py tiny-study --run --settings learn     # one setting
     python scripts/reproduce.py tiny-study --run --max-runs 8         # eight runs, then stop
+    python scripts/reproduce.py tiny-study --run --jobs 2             # two runs at a time
     python scripts/reproduce.py tiny-study --run --settings learn --variants mhpo_full --seeds 1
     python scripts/reproduce.py tiny-study --summarize-only           # tables and plots again
     python scripts/reproduce.py tiny-study --run --variants grpo --seeds 0 --steps 2
@@ -14,7 +15,7 @@ One of ``--run``, ``--dry-run`` and ``--summarize-only`` is required: the study 
 of CPU, so it never starts by default.
 
 The plan (``mhpo_vl/study/plan.py``): settings ``learn`` (each tiny recipe as shipped)
-and ``hard`` (``optim.lr=1.0e-3 trainer.minibatches=4``), variants grpo, dapo, gspo,
+and ``hard`` (``optim.lr=6.0e-4 trainer.minibatches=4``), variants grpo, dapo, gspo,
 sapo, cispo, mhpo_detached, mhpo_full, mhpo_relu, seeds 0, 1, 2: 48 runs, each in
 ``<runs root>/<setting>/<variant>/seed<k>``. The 60-step study's settings (default,
 mild, stress) and variants are there too, on request only.
@@ -22,7 +23,11 @@ mild, stress) and variants are there too, on request only.
 Done runs are skipped; an interrupted run resumes from its latest checkpoint (the
 trainer does it by itself); a run the trainer stops for non-finite updates is recorded
 as halted and not tried again (delete its ``study_halted.json`` to retry); any other
-failure stops the study with its exit code. The summary (``summary.md``,
+failure stops the study with its exit code (runs already going finish first). The
+tiny model does not get faster with a second torch thread, so on a 2-core machine
+``--jobs 2`` (two runs side by side, one thread each) trains the study in half the
+time; each run's wall time is then measured while sharing the machine, and its
+``study_attempts.jsonl`` says so. The summary (``summary.md``,
 ``summary.json``, PNGs in ``--out``) always covers the whole default plan, plus the
 cells selected here; only done runs are aggregated.
 """
@@ -30,9 +35,12 @@ cells selected here; only done runs are aggregated.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +95,14 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
         f"study): {', '.join(extra_v)}",
     )
     parser.add_argument("--seeds", default=",".join(map(str, P.SEEDS)), help="e.g. 0,1,2")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N runs side by side, each with (CPU cores // N) torch threads "
+        "(default 1: one at a time, with the recipe's threads)",
+    )
     parser.add_argument(
         "--max-runs",
         type=int,
@@ -153,6 +169,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], list[str], list[int
     seeds = parse_seeds(args.seeds)
     if args.max_runs is not None and args.max_runs < 1:
         raise ValueError("--max-runs must be >= 1")
+    if args.jobs < 1:
+        raise ValueError("--jobs must be >= 1")
     if args.eval_size is not None and (args.steps is None or args.eval_size < 1):
         raise ValueError("--eval-size needs --steps and must be >= 1 (the study's runs "
                          "evaluate as their recipe says)")  # fmt: skip
@@ -193,7 +211,8 @@ def write_summary(results: Sequence[CellResult], out: Path, command: str) -> dic
 
 
 def print_plan(cells: Sequence[P.Cell], states: dict[P.Cell, R.CellState],
-               chosen: set[P.Cell], max_runs: int | None) -> None:  # fmt: skip
+               chosen: set[P.Cell], max_runs: int | None,
+               threads: int | None = None) -> None:  # fmt: skip
     """One line per cell: skipped, later, or the command that trains it."""
     for i, cell in enumerate(cells, 1):
         st = states[cell]
@@ -208,7 +227,7 @@ def print_plan(cells: Sequence[P.Cell], states: dict[P.Cell, R.CellState],
         else:
             how = f"resumes from checkpoint-{st.step}" if st.state == "resume" else "from the start"
             print(f"{head} train ({how}, {cell.steps} steps)")
-            print(f"  $ {display(R.command(cell))}")
+            print(f"  $ {display(R.command(cell, threads))}")
 
 
 def validate_all(chosen: Sequence[P.Cell]) -> list[str]:
@@ -222,20 +241,27 @@ def validate_all(chosen: Sequence[P.Cell]) -> list[str]:
     return problems
 
 
-def train_cell(cell: P.Cell, st: R.CellState) -> int | None:
+def threads_per_job(jobs: int) -> int | None:
+    """Torch threads for each of ``jobs`` runs side by side (None for one at a time:
+    the recipe's own)."""
+    return None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
+
+
+def train_cell(cell: P.Cell, st: R.CellState, jobs: int = 1) -> int | None:
     """Train one cell; None when it ended done or halted, else the exit code to stop with."""
     print(f"{cell.key}: training, log in {cell.run_dir}/{R.LOG_FILE}", flush=True)
-    code, text, wall = R.train(cell, R.command(cell), display(R.command(cell)), st.step)
+    cmd = R.command(cell, threads_per_job(jobs))
+    code, text, wall = R.train(cell, cmd, display(cmd), st.step, jobs)
     after = R.cell_state(cell.path, cell.steps)
     if code == 0 and after.state == "done":
         acc = series(R.read_records(cell.path), ACC)
         final = f", final accuracy {acc[-1][1]:.3f}" if acc else ""
-        print(f"  done in {wall:.0f} s{final}", flush=True)
+        print(f"{cell.key}: done in {wall:.0f} s{final}", flush=True)
         return None
     halt = R.halt_reason(text) if code == 2 else None
     if halt is not None:
         R.mark_halted(cell, *halt)
-        print(f"  halted at step {halt[0]} after {wall:.0f} s: {halt[1]}", flush=True)
+        print(f"{cell.key}: halted at step {halt[0]} after {wall:.0f} s: {halt[1]}", flush=True)
         return None
     if code == 130:
         print(f"{PROG}: interrupted; the same command resumes", file=sys.stderr)
@@ -276,26 +302,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = validate_all(chosen)
     for problem in problems:
         print(f"invalid recipe: {problem}", file=sys.stderr)
-    print_plan(cells, states, set(chosen), args.max_runs)
+    print_plan(cells, states, set(chosen), args.max_runs, threads_per_job(args.jobs))
     if args.dry_run:
         print("dry run: nothing was run")
         return 2 if problems else 0
     if problems:
         print(f"{PROG}: stopped before running anything", file=sys.stderr)
         return 2
-    rc = train_all(chosen, states)
+    rc = train_all(chosen, states, args.jobs)
     report_counts(write_summary(collect(every), out, command), out)
     return rc
 
 
-def train_all(chosen: Sequence[P.Cell], states: dict[P.Cell, R.CellState]) -> int:
-    """Train the chosen cells in order; the first failure's exit code stops it (0: none)."""
-    for i, cell in enumerate(chosen, 1):
-        print(f"({i}/{len(chosen)}) ", end="")
-        stop = train_cell(cell, states[cell])
+def train_all(chosen: Sequence[P.Cell], states: dict[P.Cell, R.CellState], jobs: int = 1) -> int:
+    """Train the chosen cells in order, ``jobs`` at a time; after the first failure no
+    new cell starts, and its exit code is returned (0: none)."""
+    failed: list[int] = []
+    lock = threading.Lock()
+
+    def one(i: int, cell: P.Cell) -> None:
+        with lock:
+            if failed:
+                return
+            print(f"({i}/{len(chosen)}) ", end="")
+        stop = train_cell(cell, states[cell], jobs)
         if stop is not None:
-            return stop
-    return 0
+            with lock:
+                failed.append(stop)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for done in [pool.submit(one, i, c) for i, c in enumerate(chosen, 1)]:
+            done.result()
+    return failed[0] if failed else 0
 
 
 def report_counts(summary: dict[str, Any], out: Path) -> int:

@@ -66,8 +66,8 @@ SETTINGS: dict[str, Setting] = _table(
     Setting(
         "hard",
         "4 minibatches (4 optimizer updates per batch of rollouts, the later ones further "
-        "off-policy) at lr 1e-3 (3.3x); same rollouts and compute as learn",
-        ("optim.lr=1.0e-3", "trainer.minibatches=4"),
+        "off-policy) at lr 6e-4 (2x); same rollouts and compute as learn",
+        ("optim.lr=6.0e-4", "trainer.minibatches=4"),
     ),
     Setting(
         "default",
@@ -172,9 +172,10 @@ class Cell:
     def recipe(self) -> str:
         return VARIANTS[self.variant].recipe
 
-    def overrides(self, output_dir: str | None = None) -> list[str]:
+    def overrides(self, output_dir: str | None = None, threads: int | None = None) -> list[str]:
         """The study's overrides, then the variant's and the setting's (then a quick
-        check's, which win)."""
+        check's, which win). ``threads``: torch CPU threads, when cells run side by side
+        (the recipe's otherwise)."""
         own = [
             f"name=tiny_study_{self.setting}_{self.variant}_seed{self.seed}",
             f"seed={self.seed}",
@@ -182,6 +183,7 @@ class Cell:
             f"trainer.save_every={self.save_every}",
             "trainer.keep_last=1",
             "trainer.progress_bar=false",
+            *([f"trainer.num_threads={threads}"] if threads else []),
         ]
         return [*own, *variant_setting_overrides(self.variant, self.setting), *self.quick]
 

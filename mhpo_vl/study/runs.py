@@ -150,9 +150,10 @@ def commit_id(ignore: Path | None = None) -> str:
     return head
 
 
-def command(cell: Cell) -> list[str]:
-    """The CLI command that trains (or resumes) ``cell``, run from the repository root."""
-    return [sys.executable, "-m", "mhpo_vl", "train", cell.recipe, *cell.overrides()]
+def command(cell: Cell, threads: int | None = None) -> list[str]:
+    """The CLI command that trains (or resumes) ``cell``, run from the repository root
+    (``threads``: its torch CPU threads when cells run side by side)."""
+    return [sys.executable, "-m", "mhpo_vl", "train", cell.recipe, *cell.overrides(threads=threads)]
 
 
 def validate(cell: Cell) -> str | None:
@@ -174,9 +175,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def train(cell: Cell, cmd: Sequence[str], display: str, from_step: int) -> tuple[int, str, float]:
+def train(
+    cell: Cell, cmd: Sequence[str], display: str, from_step: int, jobs: int = 1
+) -> tuple[int, str, float]:
     """Run ``cmd`` (training ``cell``) from the repository root, its output appended to
-    ``<run>/study_train.log`` and the attempt to ``<run>/study_attempts.jsonl``.
+    ``<run>/study_train.log`` and the attempt to ``<run>/study_attempts.jsonl`` (with
+    ``jobs``, how many cells trained side by side: their wall times shared the CPU).
     Returns (exit code, the log's new text, wall seconds)."""
     path = cell.path
     path.mkdir(parents=True, exist_ok=True)
@@ -200,6 +204,7 @@ def train(cell: Cell, cmd: Sequence[str], display: str, from_step: int) -> tuple
         "to_step": last_step(read_records(path)),
         "rc": rc,
         "wall_s": round(wall, 2),
+        "jobs": jobs,
     }
     with (path / ATTEMPTS_FILE).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(attempt) + "\n")
