@@ -245,6 +245,37 @@ def test_evaluate_mathvista_writes_official_layout(tmp_path):
     assert scores["average"] == {"accuracy": "50.0", "correct": 2, "total": 4}
     output = json.loads((tmp_path / "mathvista_testmini" / "output.json").read_text())
     assert output["0"]["true_false"] is True and output["1"]["true_false"] is False
+    assert scores["refusals"] == {"count": 0, "total": 4, "fraction": 0.0, "pids": []}
+    assert result["metrics"]["refusals"] == 0.0
+
+
+def test_evaluate_mathvista_counts_refusals(tmp_path):
+    """A refusal scores 0 and is counted, per sample in the metrics and per item (first
+    sample) in scores.json, as ``eval score`` counts them; the other scorers have no
+    refusal count."""
+    choices = ["Population will decrease", "Population will increase"]
+    rows = [
+        {"id": str(i), "pid": str(i), "question": "What happens to the fish?", "unit": None,
+         "choices": choices, "answer": choices[0], "precision": None,
+         "question_type": "multi_choice", "answer_type": "text", "metadata": {}}
+        for i in range(2)
+    ]  # fmt: skip
+    said = {"0": ["The answer cannot be determined from the image.", "(A)"],
+            "1": ["(A)", "There is not enough information to decide."]}  # fmt: skip
+
+    def generate(prompts, k):
+        return [text for row in rows for text in said[row["id"]]]
+
+    result = evaluate(generate, "mathvista_testmini", rows, k=2)
+    assert [p["refusals"] for p in result["problems"]] == [[True, False], [False, True]]
+    assert [p["scores"] for p in result["problems"]] == [[0.0, 1.0], [1.0, 0.0]]
+    assert result["metrics"]["refusals"] == 50.0 and result["metrics"]["avg@2"] == 50.0
+    write_results(result, tmp_path, rows)
+    scores = json.loads((tmp_path / "mathvista_testmini" / "scores.json").read_text())
+    assert scores["refusals"] == {"count": 1, "total": 2, "fraction": 0.5, "pids": ["0"]}
+    assert scores["average"]["correct"] == 1
+    plain = [{"id": "a", "question": "1+1?", "answer": "2", "choices": None}]
+    assert "refusals" not in evaluate(_gold_every_other(plain), "math500", plain)["metrics"]
 
 
 def test_generate_fn_must_return_k_per_prompt():

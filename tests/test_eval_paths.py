@@ -48,3 +48,23 @@ def test_eval_score_fallback_flag(tmp_path, capsys):
         lines[fallback] = capsys.readouterr().out.splitlines()[0]
     assert lines["official"] == "accuracy 100.0% (2/2)"
     assert lines["none"] == "accuracy 0.0% (0/2)"
+
+
+def test_eval_run_prints_the_refusal_share(monkeypatch, capsys):
+    """`eval run` prints each benchmark's metrics and, for MathVista, the share of
+    samples that were refusals (scored 0)."""
+    import mhpo_vl.eval.runner as runner
+
+    results = [
+        {"benchmark": "mathvista_testmini",
+         "metrics": {"avg@2": 50.0, "pass@1": 50.0, "pass@2": 50.0, "maj@2": 50.0,
+                     "refusals": 25.0}},
+        {"benchmark": "math500", "metrics": {"avg@1": 10.0, "pass@1": 10.0}},
+    ]  # fmt: skip
+    monkeypatch.setattr(runner, "run_eval", lambda *a, **kw: results)
+    argv = ["eval", "run", "--model", "m", "--benchmarks", "mathvista_testmini,math500",
+            "--out-dir", "unused"]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("maj@2 50.00  refusals 25.0% of samples (scored 0)")
+    assert lines[1].endswith("pass@1 10.00")

@@ -141,6 +141,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     for res in results:
         shown = "  ".join(f"{k} {v:.2f}" for k, v in res["metrics"].items() if "@" in k)
+        if "refusals" in res["metrics"]:
+            shown += f"  refusals {res['metrics']['refusals']:.1f}% of samples (scored 0)"
         print(f"{res['benchmark']:<22} {shown}")
     print(f"wrote {args.out_dir}/summary.json and {args.out_dir}/table.md")
     return 0

@@ -28,16 +28,31 @@ GenerateFn = Callable[[list[dict[str, Any]], int], Sequence[str]]
 
 
 def score_response(response: str, row: Mapping[str, Any], scorer: str) -> tuple[str | None, float]:
-    """``(prediction, score)`` for one sample: the normalized answer (for maj@k) and the
-    verdict of the benchmark's scorer: ``mathvista`` reads responses as MathVista's
-    official pipeline does (:func:`mhpo_vl.eval.mathvista.score_item`, official
-    fallback, for leaderboard-comparable numbers); the others are the training
-    rewards' verifiers, which never guess."""
+    """``(prediction, score)`` for one sample (:func:`score_sample` without the refusal)."""
+    return score_sample(response, row, scorer)[:2]
+
+
+def score_sample(
+    response: str, row: Mapping[str, Any], scorer: str
+) -> tuple[str | None, float, bool]:
+    """``(prediction, score, refusal)`` for one sample: the normalized answer (for
+    maj@k), the verdict of the benchmark's scorer, and whether the response refuses
+    ("cannot be determined", "not enough information": scored 0, never mapped onto a
+    choice; only the ``mathvista`` scorer tells refusals apart). ``mathvista`` reads
+    responses as MathVista's official pipeline does
+    (:func:`mhpo_vl.eval.mathvista.score_item`, official fallback, for
+    leaderboard-comparable numbers); the others are the training rewards' verifiers,
+    which never guess."""
     if scorer == "mathvista":
         from mhpo_vl.eval.mathvista import score_item
 
         scored = score_item({**row, "response": response}, use_extraction=False)
-        return scored["prediction"], float(bool(scored["true_false"]))
+        return scored["prediction"], float(bool(scored["true_false"])), bool(scored["refusal"])
+    prediction, score = _reward_verdict(response, row, scorer)
+    return prediction, score, False
+
+
+def _reward_verdict(response: str, row: Mapping[str, Any], scorer: str) -> tuple[str | None, float]:
     if scorer in ("accuracy", "math_answer", "multiple_choice"):
         verdict = judge(response, row if scorer != "math_answer" else {**row, "choices": None})
         ok = verdict.correct and (scorer != "multiple_choice" or bool(row.get("choices")))
@@ -77,8 +92,9 @@ def evaluate(
 
     Returns ``{"benchmark", "settings", "metrics", "breakdown", "problems"}``: metrics
     hold Avg@k, pass@1, pass@k and maj@k in percent (plus worst-case accuracy for
-    benchmarks with variants); ``problems`` has each row's responses, predictions and
-    scores. ``settings`` (decoding, model) is recorded as given, with k and template.
+    benchmarks with variants, and for MathVista the share of samples that are refusals);
+    ``problems`` has each row's responses, predictions and scores (and for MathVista
+    which samples are refusals). ``settings`` (decoding, model) is recorded as given, with k and template.
     """
     bench = BENCHMARKS.get(benchmark) if isinstance(benchmark, str) else benchmark
     if k < 1:
@@ -88,16 +104,17 @@ def evaluate(
     problems = []
     for p, row in enumerate(rows):
         samples = responses[p * k : (p + 1) * k]
-        scored = [score_response(r, row, bench.scorer) for r in samples]
-        problems.append(
-            {
-                "id": row.get("id"),
-                "answer": row.get("answer"),
-                "responses": samples,
-                "predictions": [s[0] for s in scored],
-                "scores": [s[1] for s in scored],
-            }
-        )
+        scored = [score_sample(r, row, bench.scorer) for r in samples]
+        problem = {
+            "id": row.get("id"),
+            "answer": row.get("answer"),
+            "responses": samples,
+            "predictions": [s[0] for s in scored],
+            "scores": [s[1] for s in scored],
+        }
+        if bench.scorer == "mathvista":
+            problem["refusals"] = [s[2] for s in scored]
+        problems.append(problem)
     return {
         "benchmark": bench.name,
         "settings": {
@@ -121,7 +138,8 @@ def evaluate(
 def summarize(
     problems: Sequence[Mapping[str, Any]], rows: Sequence[Row], k: int, group_by: str | None
 ) -> dict[str, float]:
-    """Avg@k, pass@1, pass@k, maj@k in percent; worst-case over ``group_by`` groups."""
+    """Avg@k, pass@1, pass@k, maj@k in percent; worst-case over ``group_by`` groups; the
+    percentage of samples that are refusals where the scorer tells them apart."""
     correct_PK = [p["scores"] for p in problems]
     answers_PK = [p["predictions"] for p in problems]
     out = {
@@ -130,6 +148,9 @@ def summarize(
         f"pass@{k}": 100 * metrics.pass_at_k(correct_PK, k),
         f"maj@{k}": 100 * metrics.maj_at_k(answers_PK, correct_PK),
     }
+    if all("refusals" in p for p in problems) and problems:
+        flags = [flag for p in problems for flag in p["refusals"]]
+        out["refusals"] = 100 * sum(flags) / len(flags)
     if group_by:
         groups: dict[Any, list[float]] = {}
         for row, scores in zip(rows, correct_PK, strict=True):
@@ -158,7 +179,7 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, rows: Sequence
 
 def write_mathvista_layout(result: Mapping[str, Any], rows: Sequence[Row], bench_dir: Path) -> None:
     """The official ``pid -> item`` output (first sample) and its scores file."""
-    from mhpo_vl.eval.mathvista import score_items, scores_layout, write_json
+    from mhpo_vl.eval.mathvista import refusal_counts, score_items, scores_layout, write_json
 
     items = {}
     for row, problem in zip(rows, result["problems"], strict=True):
@@ -166,7 +187,9 @@ def write_mathvista_layout(result: Mapping[str, Any], rows: Sequence[Row], bench
         items[str(row.get("pid") or row["id"])] = {**item, "response": problem["responses"][0]}
     scored, _ = score_items(items)
     write_json(bench_dir / "output.json", scored)
-    write_json(bench_dir / "scores.json", scores_layout(scored))
+    scores = scores_layout(scored)
+    scores["refusals"] = refusal_counts(scored)  # as ``eval score`` writes it
+    write_json(bench_dir / "scores.json", scores)
 
 
 def results_table(results: Sequence[Mapping[str, Any]], label: str, metric: str = "avg") -> str:
