@@ -344,7 +344,7 @@ def test_cells_side_by_side_stop_starting_after_a_failure(monkeypatch, capsys):
     cells = plan.plan(["learn"], ["grpo", "dapo", "gspo", "sapo"], [0], "r")
     started = []
 
-    def fake_train_cell(cell, st, jobs):
+    def fake_train_cell(cell, st, jobs, head):
         started.append((cell.variant, jobs))
         return 3 if cell.variant == "grpo" else None
 

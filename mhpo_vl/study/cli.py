@@ -247,9 +247,10 @@ def threads_per_job(jobs: int) -> int | None:
     return None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
 
 
-def train_cell(cell: P.Cell, st: R.CellState, jobs: int = 1) -> int | None:
-    """Train one cell; None when it ended done or halted, else the exit code to stop with."""
-    print(f"{cell.key}: training, log in {cell.run_dir}/{R.LOG_FILE}", flush=True)
+def train_cell(cell: P.Cell, st: R.CellState, jobs: int = 1, head: str = "") -> int | None:
+    """Train one cell; None when it ended done or halted, else the exit code to stop with.
+    ``head`` starts its first line (its place in the queue)."""
+    print(f"{head}{cell.key}: training, log in {cell.run_dir}/{R.LOG_FILE}", flush=True)
     cmd = R.command(cell, threads_per_job(jobs))
     code, text, wall = R.train(cell, cmd, display(cmd), st.step, jobs)
     after = R.cell_state(cell.path, cell.steps)
@@ -324,8 +325,7 @@ def train_all(chosen: Sequence[P.Cell], states: dict[P.Cell, R.CellState], jobs:
         with lock:
             if failed:
                 return
-            print(f"({i}/{len(chosen)}) ", end="")
-        stop = train_cell(cell, states[cell], jobs)
+        stop = train_cell(cell, states[cell], jobs, f"({i}/{len(chosen)}) ")
         if stop is not None:
             with lock:
                 failed.append(stop)
