@@ -69,8 +69,7 @@ def _for_viewing(image: Any) -> Any:
 
 class RunLogger:
     """The run's files, and the trackers of ``report_to`` (started here: one that cannot
-    start raises the one-line :class:`~mhpo_vl.errors.UserError`). ``tensorboard`` is
-    the older switch: True adds TensorBoard to ``report_to``, False removes it."""
+    start raises the one-line :class:`~mhpo_vl.errors.UserError`)."""
 
     def __init__(
         self,
@@ -81,18 +80,16 @@ class RunLogger:
         config: dict[str, Any] | None = None,
         project: str = "mhpo_vl",
         run_name: str = "run",
-        tensorboard: bool | None = None,
     ) -> None:
         self.dir = Path(output_dir)
         self.enabled = enabled
-        names = [n for n in report_to if n != "tensorboard" or tensorboard is not False]
-        if tensorboard and "tensorboard" not in names:
-            names.append("tensorboard")
         self.trackers: list[Tracker] = []
         self._failures: dict[str, int] = {}
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.trackers = start_trackers(names, self.dir, project, run_name, config or {})
+            self.trackers = start_trackers(
+                list(report_to), self.dir, project, run_name, config or {}
+            )
 
     @contextlib.contextmanager
     def _writing(self, path: Path) -> Iterator[None]:

@@ -128,7 +128,7 @@ def check_setup(out_dir: str) -> dict[str, Any]:
 
     cfg = load_recipe(
         str(ROOT / "recipes/tiny/mhpo.yaml"),
-        [f"trainer.output_dir={out_dir}", "trainer.tensorboard=false", "eval.size=4"],
+        [f"trainer.output_dir={out_dir}", "trainer.report_to=[]", "eval.size=4"],
     )
     run = setup(cfg)
     weights = torch.cat([p.detach().flatten()[:64] for p in run.model.parameters()])

@@ -18,7 +18,7 @@ import fake_accelerator as fake
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = [
-    "trainer.progress_bar=false", "trainer.tensorboard=false", "trainer.num_threads=1",
+    "trainer.progress_bar=false", "trainer.report_to=[]", "trainer.num_threads=1",
     "eval.size=8", "trainer.prompts_per_step=2", "rollout.group_size=4",
 ]  # fmt: skip
 

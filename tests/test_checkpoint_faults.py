@@ -14,7 +14,7 @@ from test_train_e2e import _train
 from mhpo_vl import checkpoint
 
 RECIPE = "recipes/tiny/mhpo.yaml"
-QUICK = ["eval.at_start=false", "eval.every=0", "eval.size=8", "trainer.tensorboard=false"]
+QUICK = ["eval.at_start=false", "eval.every=0", "eval.size=8", "trainer.report_to=[]"]
 CKPT_MB = 17  # one checkpoint of the tiny model: weights, optimizer state, processor
 
 

@@ -63,7 +63,7 @@ def run(tmp_path_factory):
     res = subprocess.run(
         [sys.executable, "-m", "mhpo_vl", "train", "recipes/tiny/mhpo.yaml",
          f"trainer.max_steps={STEPS}", "eval.size=8", "eval.every=1",
-         f"trainer.output_dir={out}", "trainer.progress_bar=false", "trainer.tensorboard=false"],
+         f"trainer.output_dir={out}", "trainer.progress_bar=false", "trainer.report_to=[]"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]

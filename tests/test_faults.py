@@ -34,7 +34,7 @@ RUN = [
     "trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.minibatches=2",
     "eval.size=4", "eval.at_start=false", "eval.every=0", "trainer.max_steps=3",
     "trainer.save_every=1", "trainer.keep_last=3", "trainer.progress_bar=false",
-    "trainer.tensorboard=false", "trainer.num_threads=1",
+    "trainer.report_to=[]", "trainer.num_threads=1",
     f"trainer.collective_timeout={TIMEOUT}",
 ]  # fmt: skip
 

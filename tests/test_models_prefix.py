@@ -243,7 +243,7 @@ def test_training_step_with_and_without_the_shared_prefix(tmp_path):
             f"trainer.output_dir={out}", "trainer.max_steps=1", "trainer.minibatches=1",
             "trainer.prompts_per_step=4", "trainer.micro_batch_size=16",
             f"trainer.shared_prefix={shared}", "eval.at_start=false", "eval.size=4",
-            "trainer.progress_bar=false", "trainer.tensorboard=false",
+            "trainer.progress_bar=false", "trainer.report_to=[]",
         ]  # fmt: skip
         res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-2000:]

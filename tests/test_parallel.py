@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHORT = [
     "trainer.prompts_per_step=4", "rollout.group_size=4", "trainer.minibatches=2",
     "trainer.micro_batch_size=3", "eval.size=15", "eval.every=0", "trainer.max_steps=3",
-    "trainer.save_every=2", "trainer.progress_bar=false", "trainer.tensorboard=false",
+    "trainer.save_every=2", "trainer.progress_bar=false", "trainer.report_to=[]",
     "trainer.num_threads=1",
 ]  # fmt: skip
 

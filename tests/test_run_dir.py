@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "recipes/tiny/mhpo.yaml"
 QUICK = [
     "eval.at_start=false", "eval.every=0", "eval.size=8", "trainer.prompts_per_step=4",
-    "rollout.group_size=4", "trainer.progress_bar=false", "trainer.tensorboard=false",
+    "rollout.group_size=4", "trainer.progress_bar=false", "trainer.report_to=[]",
 ]  # fmt: skip
 
 
@@ -163,7 +163,7 @@ def test_a_second_run_on_a_busy_directory_stops_at_once(tmp_path):
 
 
 def test_a_metrics_or_samples_write_that_fails_is_one_line_naming_the_last_checkpoint(tmp_path):
-    logger = RunLogger(tmp_path, tensorboard=False)
+    logger = RunLogger(tmp_path, report_to=[])
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "trainer_state.pt").write_bytes(b"")
     (tmp_path / "samples.jsonl").mkdir()  # any OSError will do; this one even root gets

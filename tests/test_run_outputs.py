@@ -47,7 +47,7 @@ def test_rng_state_round_trip():
 
 
 def test_logger_writes_jsonl_and_truncates_on_resume(tmp_path):
-    logger = RunLogger(tmp_path, tensorboard=True)
+    logger = RunLogger(tmp_path, report_to=["tensorboard"])
     for step in range(4):
         logger.log(step, {"reward/mean": step / 4, "grad_norm": float("nan")})
         logger.samples(step, [{"response": f"r{step}", "reward": 1.0}])
@@ -62,7 +62,7 @@ def test_logger_writes_jsonl_and_truncates_on_resume(tmp_path):
 
 
 def test_plot_writes_a_png_per_logged_panel(tmp_path):
-    logger = RunLogger(tmp_path, tensorboard=False)
+    logger = RunLogger(tmp_path, report_to=[])
     logger.log(0, {"eval/accuracy": 0.3})
     for step in range(1, 6):
         logger.log(step, {"reward/mean": 0.1 * step, "reward/accuracy": 0.1 * step, "grad_norm": 1.0,

@@ -44,7 +44,7 @@ def test_two_steps_with_the_vllm_engine(tmp_path, standin, monkeypatch):
             "sleep_level: 2}", "trainer.prompts_per_step=4",
             "rollout.group_size=4", "algorithm.rollout_correction={level: token, cap: 2.0}",
             "eval.at_start=false", "eval.every=1", "eval.size=4", "trainer.progress_bar=false",
-            "trainer.tensorboard=false",
+            "trainer.report_to=[]",
         ],
     )  # fmt: skip
     logging.getLogger("mhpo_vl").setLevel(logging.WARNING)

@@ -87,7 +87,7 @@ def test_a_token_budget_splits_the_update_not_its_result(tmp_path):
     base = [
         sys.executable, "-m", "mhpo_vl", "train", "recipes/tiny/mhpo_text.yaml",
         "trainer.max_steps=1", "trainer.minibatches=1", "eval.at_start=false",
-        "eval.size=4", "trainer.progress_bar=false", "trainer.tensorboard=false",
+        "eval.size=4", "trainer.progress_bar=false", "trainer.report_to=[]",
         "trainer.prompts_per_step=4", "rollout.group_size=4",
     ]  # fmt: skip
     records = {}
