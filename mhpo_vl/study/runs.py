@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mhpo_vl.study.plan import ROOT, Cell
+from mhpo_vl.study.plan import DEFAULT_OUT, ROOT, Cell
 
 HALTED_FILE = "study_halted.json"
 ATTEMPTS_FILE = "study_attempts.jsonl"
@@ -199,7 +199,7 @@ def train(
     wall = time.monotonic() - t0
     attempt = {
         "date": now(),
-        "commit": commit_id(),
+        "commit": commit_id(ignore=ROOT / DEFAULT_OUT),  # the summary is rewritten often
         "from_step": from_step,
         "to_step": last_step(read_records(path)),
         "rc": rc,
