@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -355,6 +357,26 @@ def test_cells_side_by_side_stop_starting_after_a_failure(monkeypatch, capsys):
     assert cli.train_all(cells[1:], states, 2) == 0
     assert sorted(started) == [("dapo", 2), ("gspo", 2), ("sapo", 2)]
     assert cli.threads_per_job(1) is None and cli.threads_per_job(10_000) == 1
+
+
+def test_ctrl_c_with_cells_side_by_side_starts_no_other_and_exits_130(monkeypatch, capsys):
+    cells = plan.plan(["learn"], ["grpo", "dapo", "gspo", "sapo"], [0], "r")
+    started = []
+
+    def fake_train_cell(cell, st, jobs, head):
+        """Ctrl-C (SIGINT, handled in the main thread) while two runs go; each run
+        then takes a moment to end, as the real ones do."""
+        started.append(cell.variant)
+        if cell.variant == "grpo":
+            signal.raise_signal(signal.SIGINT)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(cli, "train_cell", fake_train_cell)
+    states = {c: runs.CellState("new") for c in cells}
+    assert cli.train_all(cells, states, 2) == 130
+    # the second worker may or may not have taken dapo before the Ctrl-C; no later one starts
+    assert "grpo" in started and set(started) <= {"grpo", "dapo"}
+    assert "interrupted; the same command resumes" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -94,7 +94,8 @@ def evaluate(
     hold Avg@k, pass@1, pass@k and maj@k in percent (plus worst-case accuracy for
     benchmarks with variants, and for MathVista the share of samples that are refusals);
     ``problems`` has each row's responses, predictions and scores (and for MathVista
-    which samples are refusals). ``settings`` (decoding, model) is recorded as given, with k and template.
+    which samples are refusals). ``settings`` (decoding, model) is recorded as given,
+    with k and template.
     """
     bench = BENCHMARKS.get(benchmark) if isinstance(benchmark, str) else benchmark
     if k < 1:
@@ -148,7 +149,7 @@ def summarize(
         f"pass@{k}": 100 * metrics.pass_at_k(correct_PK, k),
         f"maj@{k}": 100 * metrics.maj_at_k(answers_PK, correct_PK),
     }
-    if all("refusals" in p for p in problems) and problems:
+    if problems and all("refusals" in p for p in problems):
         flags = [flag for p in problems for flag in p["refusals"]]
         out["refusals"] = 100 * sum(flags) / len(flags)
     if group_by:

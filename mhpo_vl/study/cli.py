@@ -316,23 +316,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train_all(chosen: Sequence[P.Cell], states: dict[P.Cell, R.CellState], jobs: int = 1) -> int:
-    """Train the chosen cells in order, ``jobs`` at a time; after the first failure no
-    new cell starts, and its exit code is returned (0: none)."""
+    """Train the chosen cells in order, ``jobs`` at a time; after the first failure (or
+    Ctrl-C) no new cell starts, the runs going finish, and the exit code is returned
+    (0: none)."""
+    heads = [f"({i}/{len(chosen)}) " for i in range(1, len(chosen) + 1)]
+    if jobs == 1:  # in this thread, where Ctrl-C lands in the run's own handling
+        for head, cell in zip(heads, chosen, strict=True):
+            stop = train_cell(cell, states[cell], 1, head)
+            if stop is not None:
+                return stop
+        return 0
     failed: list[int] = []
     lock = threading.Lock()
 
-    def one(i: int, cell: P.Cell) -> None:
+    def one(head: str, cell: P.Cell) -> None:
         with lock:
             if failed:
                 return
-        stop = train_cell(cell, states[cell], jobs, f"({i}/{len(chosen)}) ")
+        stop = train_cell(cell, states[cell], jobs, head)
         if stop is not None:
             with lock:
                 failed.append(stop)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for done in [pool.submit(one, i, c) for i, c in enumerate(chosen, 1)]:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        for done in [pool.submit(one, h, c) for h, c in zip(heads, chosen, strict=True)]:
             done.result()
+    except KeyboardInterrupt:  # the runs going got the same Ctrl-C; start no other
+        with lock:
+            failed.insert(0, 130)
+        print(f"{PROG}: interrupted; the same command resumes", file=sys.stderr)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return failed[0] if failed else 0
 
 
