@@ -70,6 +70,26 @@ def test_recipe_differences_split_into_altering_and_harmless():
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("scheduler, warned", [("cosine", True), ("constant", False)])
+def test_a_longer_resume_under_a_decaying_schedule_warns_of_the_lr_jump(
+    tmp_path, caplog, scheduler, warned
+):
+    """max_steps may change on resume, but under a decaying schedule the remaining
+    steps then follow the new length's learning rate: said, with the old and new length."""
+    from mhpo_vl.config import recipe_to_dict
+    from mhpo_vl.training.rundir import RECIPE_FILE, check_resume
+    from mhpo_vl.validation import build_recipe
+
+    over = [f"optim.scheduler={scheduler}"]
+    saved = build_recipe({}, [*over, "trainer.max_steps=10"])
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(recipe_to_dict(saved)))
+    with caplog.at_level("INFO", logger="mhpo_vl"):
+        check_resume(tmp_path, build_recipe({}, [*over, "trainer.max_steps=20"]))
+    assert "trainer.max_steps (10 -> 20)" in caplog.text  # reported as harmless
+    warning = f"trainer.max_steps changed (10 -> 20) under optim.scheduler={scheduler}"
+    assert (warning in caplog.text) is warned
+
+
 @pytest.mark.slow
 def test_resume_with_another_recipe_stops_naming_the_keys_and_the_ways_out(tmp_path):
     out = tmp_path / "run"
@@ -93,6 +113,7 @@ def test_resume_with_another_recipe_stops_naming_the_keys_and_the_ways_out(tmp_p
     longer = _train(RECIPE, out, "trainer.max_steps=2", "eval.size=4", "trainer.log_samples=1")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "resuming" in longer.stderr and "trainer.max_steps (1 -> 2)" in longer.stderr
+    assert "trainer.max_steps changed (1 -> 2) under optim.scheduler=cosine" in longer.stderr
     assert "resumed from" in longer.stderr
 
     # starting over on purpose removes the earlier run's checkpoints first
